@@ -1,0 +1,31 @@
+//! The command line: `porteiro run` and `porteiro check`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "porteiro", version, about = "Multi-tenant reverse proxy")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve traffic with the given configuration.
+    Run {
+        /// The main configuration file.
+        #[arg(short, long, default_value = "/etc/porteiro/porteiro.toml")]
+        config: PathBuf,
+        /// Take over the listening sockets of a running porteiro (graceful upgrade; see README).
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Validate the configuration and print a summary, or every error (exit status 1).
+    Check {
+        /// The main configuration file.
+        #[arg(short, long, default_value = "/etc/porteiro/porteiro.toml")]
+        config: PathBuf,
+    },
+}

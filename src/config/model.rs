@@ -1,0 +1,144 @@
+//! The validated configuration model. Everything here has passed validation: addresses parse,
+//! pools referenced by routes exist, host patterns are well formed and unique across tenants.
+//! The TOML file types never leave `config`; the rest of porteiro only sees these types.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// The whole configuration: server settings plus every tenant, in file-name order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tenants: Vec<TenantConfig>,
+    /// The files this configuration was read from (main file first), for status and reload.
+    pub sources: Vec<PathBuf>,
+    /// A digest over the bytes of every source file, so status can tell which edit is live.
+    pub digest: String,
+}
+
+/// `[server]` in the main file. Listener addresses and threads need a restart to change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    pub threads: usize,
+    pub tenants_dir: PathBuf,
+    pub unknown_host_status: u16,
+    /// Peers whose `X-Forwarded-*` headers are believed; everyone else's are replaced.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Accept cleartext HTTP/2 (prior knowledge) on the plain listeners.
+    pub h2c: bool,
+    /// Seconds an old process keeps serving after a graceful upgrade hands over its sockets.
+    pub grace_period: Duration,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub graceful_shutdown_timeout: Duration,
+}
+
+/// One tenant file under `tenants_dir`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantConfig {
+    pub id: String,
+    /// The file the tenant came from, for error messages and status.
+    pub file: PathBuf,
+    pub hosts: Vec<HostPattern>,
+    /// Pools in file order; names are unique within the tenant.
+    pub pools: Vec<PoolConfig>,
+    /// Routes as written. A tenant with one pool and no routes gets a single `/` route to it.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// A hostname a tenant claims: lowercase, no port, no trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostPattern {
+    /// `acme.example.com`
+    Exact(String),
+    /// `*.acme.example.com`, stored as the suffix without `*.`: `acme.example.com`.
+    /// Matches any name that ends in `.acme.example.com` (one or more labels), not the bare suffix.
+    Wildcard(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub backends: Vec<BackendConfig>,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Idle keep-alive connections to a backend are closed after this long.
+    pub idle_timeout: Duration,
+    /// Extra backends to try after a connect failure (bounded by the pool size).
+    pub retries: u32,
+    /// Replace the client's Host header with this value when forwarding.
+    pub host_header: Option<String>,
+    pub health: Option<HealthConfig>,
+    /// Passive health: how long a backend sits out after `unhealthy_after` consecutive
+    /// connect failures or timeouts, when the pool has no active check to bring it back.
+    pub passive_cooldown: Duration,
+    /// Consecutive passive failures that take a backend out (also used without active checks).
+    pub passive_failures: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendConfig {
+    pub addr: SocketAddr,
+    /// Relative share of traffic, 1..=1000.
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    ConsistentHash(HashKey),
+    Random,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    /// Lowercase header name.
+    Header(String),
+    Path,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthConfig {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_after: u32,
+    pub unhealthy_after: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Probe {
+    /// A TCP connect that succeeds within the timeout.
+    Tcp,
+    /// `GET path` with the tenant's first exact host (or `host` if set) as Host; 2xx/3xx passes.
+    Http { path: String, host: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    pub path_prefix: String,
+    pub action: RouteAction,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteAction {
+    /// Index into `TenantConfig::pools`.
+    Pool(usize),
+    Respond(StaticResponse),
+}
+
+/// A fixed answer served by porteiro itself (maintenance pages, health answers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticResponse {
+    pub status: u16,
+    pub body: String,
+    /// Header names lowercase, values as written.
+    pub headers: Vec<(String, String)>,
+}

@@ -1,0 +1,170 @@
+//! The main file: `[server]`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use toml::Table;
+
+use super::error::ConfigErrors;
+use super::fields::Fields;
+use super::model::ServerConfig;
+
+const TOP_KEYS: &[&str] = &["server"];
+const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "threads",
+    "tenants_dir",
+    "unknown_host_status",
+    "trusted_proxies",
+    "h2c",
+    "grace_period",
+    "graceful_shutdown_timeout",
+];
+
+pub fn defaults() -> ServerConfig {
+    ServerConfig {
+        listen: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        tenants_dir: PathBuf::from("tenants.d"),
+        unknown_host_status: 404,
+        trusted_proxies: Vec::new(),
+        h2c: false,
+        grace_period: Duration::from_secs(30),
+        graceful_shutdown_timeout: Duration::from_secs(10),
+    }
+}
+
+/// Reads the main file's table. `tenants_dir` is returned as written (relative or absolute).
+pub fn parse(file: &Path, top: &Table, errs: &mut ConfigErrors) -> ServerConfig {
+    let mut s = defaults();
+    let top_fields = Fields::new(file, "", top, TOP_KEYS);
+    let table = top_fields.table("server", errs);
+    top_fields.finish(errs);
+    let Some(table) = table else {
+        return s;
+    };
+    let f = Fields::new(file, "server", table, SERVER_KEYS);
+    if let Some(list) = f.array("listen", errs) {
+        let mut listen = Vec::new();
+        for (i, v) in list.iter().enumerate() {
+            let key = format!("server.listen[{i}]");
+            match v.as_str().map(str::parse::<SocketAddr>) {
+                Some(Ok(addr)) if listen.contains(&addr) => {
+                    errs.push(file, key, format!("{addr} is listed twice"))
+                }
+                Some(Ok(addr)) => listen.push(addr),
+                _ => errs.push(
+                    file,
+                    key,
+                    "expected \"ip:port\", such as \"0.0.0.0:8080\" or \"[::]:8080\"",
+                ),
+            }
+        }
+        if list.is_empty() {
+            errs.push(file, "server.listen", "needs at least one address");
+        }
+        s.listen = listen;
+    }
+    if let Some(n) = f.int("threads", 1..=1024, errs) {
+        s.threads = n as usize;
+    }
+    if let Some(dir) = f.str("tenants_dir", errs) {
+        s.tenants_dir = PathBuf::from(dir);
+    }
+    if let Some(n) = f.int("unknown_host_status", 400..=599, errs) {
+        s.unknown_host_status = n as u16;
+    }
+    if let Some(list) = f.array("trusted_proxies", errs) {
+        for (i, v) in list.iter().enumerate() {
+            match v.as_str().and_then(parse_cidr) {
+                Some(net) => s.trusted_proxies.push(net),
+                None => errs.push(
+                    file,
+                    format!("server.trusted_proxies[{i}]"),
+                    "expected a CIDR such as \"10.0.0.0/8\" or an IP address",
+                ),
+            }
+        }
+    }
+    if let Some(b) = f.bool("h2c", errs) {
+        s.h2c = b;
+    }
+    if let Some(d) = f.duration("grace_period", errs) {
+        s.grace_period = d;
+    }
+    if let Some(d) = f.duration("graceful_shutdown_timeout", errs) {
+        s.graceful_shutdown_timeout = d;
+    }
+    f.finish(errs);
+    s
+}
+
+/// "10.0.0.0/8", or a bare address meaning just that host.
+fn parse_cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+        .map(|n| n.trunc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> (ServerConfig, ConfigErrors) {
+        let mut errs = ConfigErrors::default();
+        let table: Table = toml::from_str(text).unwrap();
+        (parse(Path::new("main.toml"), &table, &mut errs), errs)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let (s, errs) = parse_str("");
+        assert!(errs.is_empty());
+        assert_eq!(s.listen, vec!["0.0.0.0:8080".parse().unwrap()]);
+        assert_eq!(s.unknown_host_status, 404);
+        assert!(!s.h2c);
+    }
+
+    #[test]
+    fn every_key() {
+        let (s, errs) = parse_str(
+            "[server]\nlisten = [\"127.0.0.1:1\", \"[::1]:2\"]\nthreads = 3\ntenants_dir = \"t\"\n\
+             unknown_host_status = 421\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.1\"]\nh2c = true\n\
+             grace_period = \"5s\"\ngraceful_shutdown_timeout = \"1s\"\n",
+        );
+        assert!(errs.is_empty(), "{errs}");
+        assert_eq!(s.listen.len(), 2);
+        assert_eq!(s.threads, 3);
+        assert_eq!(s.tenants_dir, PathBuf::from("t"));
+        assert_eq!(s.unknown_host_status, 421);
+        assert!(s.trusted_proxies[1].contains(&"192.0.2.1".parse::<std::net::IpAddr>().unwrap()));
+        assert!(s.h2c);
+        assert_eq!(s.grace_period, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn all_errors_are_collected() {
+        let (_, errs) = parse_str(
+            "tenants = 1\n[server]\nlisten = [\"nope\", \"1.2.3.4:5\", \"1.2.3.4:5\"]\nthreads = 0\n\
+             unknown_host_status = 200\ntrusted_proxies = [\"x\"]\nh2c = \"yes\"\ntreads = 2\n",
+        );
+        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "tenants",
+                "server.listen[0]",
+                "server.listen[2]",
+                "server.threads",
+                "server.unknown_host_status",
+                "server.trusted_proxies[0]",
+                "server.h2c",
+                "server.treads",
+            ]
+        );
+        assert!(errs.0[7].reason.contains("did you mean `threads`"));
+    }
+}

@@ -1,0 +1,518 @@
+//! One tenant file: id, hosts, pools and routes.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use super::error::ConfigErrors;
+use super::fields::Fields;
+use super::model::*;
+use super::names::{check_id, parse_host_pattern};
+
+const TENANT_KEYS: &[&str] = &["id", "hosts", "pools", "routes"];
+const POOL_KEYS: &[&str] = &[
+    "backends",
+    "balance",
+    "hash_key",
+    "connect_timeout",
+    "read_timeout",
+    "write_timeout",
+    "idle_timeout",
+    "retries",
+    "host_header",
+    "health",
+    "passive",
+];
+const BACKEND_KEYS: &[&str] = &["addr", "weight"];
+const HEALTH_KEYS: &[&str] = &[
+    "path",
+    "tcp",
+    "host",
+    "interval",
+    "timeout",
+    "healthy_after",
+    "unhealthy_after",
+];
+const PASSIVE_KEYS: &[&str] = &["failures", "cooldown"];
+const ROUTE_KEYS: &[&str] = &["path_prefix", "pool", "respond"];
+const RESPOND_KEYS: &[&str] = &["status", "body", "headers"];
+
+/// A tenant as far as it could be read. `hosts` keeps each pattern's index in the file for
+/// cross-tenant error messages; `id` is `None` when missing or invalid.
+pub struct ParsedTenant {
+    pub id: Option<String>,
+    pub hosts: Vec<(usize, HostPattern)>,
+    pub tenant: TenantConfig,
+}
+
+pub fn parse(file: &Path, table: &Table, errs: &mut ConfigErrors) -> ParsedTenant {
+    let f = Fields::new(file, "", table, TENANT_KEYS);
+    f.require("id", errs);
+    let id = f.str("id", errs).and_then(|id| match check_id(id) {
+        Ok(()) => Some(id.to_string()),
+        Err(reason) => {
+            errs.push(file, "id", reason);
+            None
+        }
+    });
+    let hosts = parse_hosts(&f, errs);
+    let pools = parse_pools(&f, errs);
+    let routes = parse_routes(&f, &pools, errs);
+    f.finish(errs);
+    let tenant = TenantConfig {
+        id: id.clone().unwrap_or_default(),
+        file: file.to_path_buf(),
+        hosts: hosts.iter().map(|(_, h)| h.clone()).collect(),
+        pools: pools.into_iter().map(|(_, p)| p).collect(),
+        routes,
+    };
+    ParsedTenant { id, hosts, tenant }
+}
+
+fn parse_hosts(f: &Fields, errs: &mut ConfigErrors) -> Vec<(usize, HostPattern)> {
+    if !f.require("hosts", errs) {
+        return Vec::new();
+    }
+    let Some(list) = f.array("hosts", errs) else {
+        return Vec::new();
+    };
+    if list.is_empty() {
+        errs.push(f.file, "hosts", "needs at least one hostname");
+    }
+    let mut hosts: Vec<(usize, HostPattern)> = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        let key = format!("hosts[{i}]");
+        let Some(raw) = v.as_str() else {
+            errs.push(f.file, key, "expected a hostname string");
+            continue;
+        };
+        match parse_host_pattern(raw) {
+            Ok(p) if hosts.iter().any(|(_, h)| *h == p) => {
+                errs.push(f.file, key, format!("`{raw}` is listed twice"))
+            }
+            Ok(p) => hosts.push((i, p)),
+            Err(reason) => errs.push(f.file, key, reason),
+        }
+    }
+    hosts
+}
+
+fn parse_pools(f: &Fields, errs: &mut ConfigErrors) -> Vec<(String, PoolConfig)> {
+    let Some(pools) = f.table("pools", errs) else {
+        return Vec::new();
+    };
+    let default_probe_host = default_probe_host(f);
+    let mut out = Vec::new();
+    for (name, value) in pools {
+        let key = format!("pools.{name}");
+        if let Err(reason) = check_id(name) {
+            errs.push(f.file, key.clone(), reason);
+        }
+        let Some(table) = value.as_table() else {
+            errs.push(f.file, key, "expected a table ([pools.NAME])");
+            continue;
+        };
+        out.push((
+            name.clone(),
+            parse_pool(f.file, &key, name, table, &default_probe_host, errs),
+        ));
+    }
+    out
+}
+
+/// The Host an HTTP health check sends by default: the first exact host, else the first
+/// wildcard's suffix. Errors in `hosts` are reported by `parse_hosts`, not here.
+fn default_probe_host(f: &Fields) -> String {
+    let mut ignore = ConfigErrors::default();
+    let patterns: Vec<HostPattern> = f
+        .array("hosts", &mut ignore)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| parse_host_pattern(v.as_str()?).ok())
+        .collect();
+    patterns
+        .iter()
+        .find_map(|p| match p {
+            HostPattern::Exact(h) => Some(h.clone()),
+            HostPattern::Wildcard(_) => None,
+        })
+        .or_else(|| {
+            patterns.first().map(|p| match p {
+                HostPattern::Exact(h) | HostPattern::Wildcard(h) => h.clone(),
+            })
+        })
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+fn parse_pool(
+    file: &Path,
+    key: &str,
+    name: &str,
+    table: &Table,
+    probe_host: &str,
+    errs: &mut ConfigErrors,
+) -> PoolConfig {
+    let f = Fields::new(file, key, table, POOL_KEYS);
+    let mut pool = PoolConfig {
+        name: name.to_string(),
+        backends: Vec::new(),
+        balance: Balance::RoundRobin,
+        connect_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_secs(30),
+        write_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(60),
+        retries: 2,
+        host_header: None,
+        health: None,
+        passive_cooldown: Duration::from_secs(10),
+        passive_failures: 3,
+    };
+    if f.require("backends", errs) {
+        if let Some(list) = f.array("backends", errs) {
+            if list.is_empty() {
+                errs.push(
+                    file,
+                    f.path("backends"),
+                    "a pool needs at least one backend",
+                );
+            }
+            for (i, v) in list.iter().enumerate() {
+                let bkey = format!("{key}.backends[{i}]");
+                if let Some(b) = parse_backend(file, &bkey, v, errs) {
+                    if pool.backends.iter().any(|x| x.addr == b.addr) {
+                        errs.push(file, bkey, format!("{} is listed twice", b.addr));
+                    } else {
+                        pool.backends.push(b);
+                    }
+                }
+            }
+        }
+    }
+    let hash_key = f
+        .str("hash_key", errs)
+        .and_then(|s| match parse_hash_key(s) {
+            Ok(k) => Some(k),
+            Err(reason) => {
+                errs.push(file, f.path("hash_key"), reason);
+                None
+            }
+        });
+    match f.str("balance", errs) {
+        None | Some("round_robin") => {}
+        Some("least_conn") => pool.balance = Balance::LeastConn,
+        Some("random") => pool.balance = Balance::Random,
+        Some("consistent_hash") => {
+            pool.balance = Balance::ConsistentHash(hash_key.clone().unwrap_or(HashKey::ClientIp))
+        }
+        Some(other) => errs.push(
+            file,
+            f.path("balance"),
+            format!("`{other}` is not one of round_robin, least_conn, consistent_hash, random"),
+        ),
+    }
+    if f.get("hash_key").is_some() && !matches!(pool.balance, Balance::ConsistentHash(_)) {
+        errs.push(
+            file,
+            f.path("hash_key"),
+            "only applies with balance = \"consistent_hash\"",
+        );
+    }
+    for (k, slot) in [
+        ("connect_timeout", &mut pool.connect_timeout),
+        ("read_timeout", &mut pool.read_timeout),
+        ("write_timeout", &mut pool.write_timeout),
+        ("idle_timeout", &mut pool.idle_timeout),
+    ] {
+        if let Some(d) = f.duration(k, errs) {
+            *slot = d;
+        }
+    }
+    if let Some(n) = f.int("retries", 0..=10, errs) {
+        pool.retries = n as u32;
+    }
+    if let Some(h) = f.str("host_header", errs) {
+        if h.is_empty() || http::HeaderValue::from_str(h).is_err() {
+            errs.push(file, f.path("host_header"), "not a valid Host header value");
+        } else {
+            pool.host_header = Some(h.to_string());
+        }
+    }
+    if let Some(t) = f.table("health", errs) {
+        pool.health = parse_health(file, &f.path("health"), t, probe_host, errs);
+    }
+    if let Some(t) = f.table("passive", errs) {
+        let p = Fields::new(file, f.path("passive"), t, PASSIVE_KEYS);
+        if let Some(n) = p.int("failures", 1..=100, errs) {
+            pool.passive_failures = n as u32;
+        }
+        if let Some(d) = p.duration("cooldown", errs) {
+            pool.passive_cooldown = d;
+        }
+        p.finish(errs);
+    }
+    f.finish(errs);
+    pool
+}
+
+fn parse_backend(
+    file: &Path,
+    key: &str,
+    v: &Value,
+    errs: &mut ConfigErrors,
+) -> Option<BackendConfig> {
+    let (addr_text, weight) = match v {
+        Value::String(s) => (s.as_str(), 1),
+        Value::Table(t) => {
+            let f = Fields::new(file, key, t, BACKEND_KEYS);
+            f.require("addr", errs);
+            let addr = f.str("addr", errs);
+            let weight = f.int("weight", 1..=1000, errs);
+            let weight_ok = weight.is_some() || f.get("weight").is_none();
+            f.finish(errs);
+            match (addr, weight_ok) {
+                (Some(a), true) => (a, weight.unwrap_or(1) as u32),
+                _ => return None,
+            }
+        }
+        _ => {
+            errs.push(
+                file,
+                key,
+                "expected \"ip:port\" or { addr = \"ip:port\", weight = N }",
+            );
+            return None;
+        }
+    };
+    match addr_text.parse::<SocketAddr>() {
+        Ok(addr) => Some(BackendConfig { addr, weight }),
+        Err(_) => {
+            let at = if matches!(v, Value::Table(_)) {
+                format!("{key}.addr")
+            } else {
+                key.to_string()
+            };
+            errs.push(
+                file,
+                at,
+                format!("`{addr_text}` must be IP:port (DNS names are not resolved)"),
+            );
+            None
+        }
+    }
+}
+
+fn parse_hash_key(s: &str) -> Result<HashKey, String> {
+    match s {
+        "client_ip" => Ok(HashKey::ClientIp),
+        "path" => Ok(HashKey::Path),
+        _ => match s.strip_prefix("header:") {
+            Some(name) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => {
+                Ok(HashKey::Header(name.to_ascii_lowercase()))
+            }
+            _ => Err(format!("`{s}` is not one of client_ip, path, header:NAME")),
+        },
+    }
+}
+
+fn parse_health(
+    file: &Path,
+    key: &str,
+    t: &Table,
+    probe_host: &str,
+    errs: &mut ConfigErrors,
+) -> Option<HealthConfig> {
+    let f = Fields::new(file, key, t, HEALTH_KEYS);
+    let path = f.str("path", errs);
+    let tcp = f.bool("tcp", errs);
+    let host = f.str("host", errs);
+    let interval = f.duration("interval", errs);
+    let timeout = f.duration("timeout", errs);
+    let healthy_after = f.int("healthy_after", 1..=100, errs);
+    let unhealthy_after = f.int("unhealthy_after", 1..=100, errs);
+    let probe = match (path, tcp) {
+        (Some(p), None | Some(false)) if p.starts_with('/') => Some(Probe::Http {
+            path: p.to_string(),
+            host: host.unwrap_or(probe_host).to_string(),
+        }),
+        (Some(_), None | Some(false)) => {
+            errs.push(file, f.path("path"), "must start with /");
+            None
+        }
+        (None, Some(true)) => Some(Probe::Tcp),
+        (Some(_), Some(true)) => {
+            errs.push(
+                file,
+                key,
+                "set either path (HTTP check) or tcp = true, not both",
+            );
+            None
+        }
+        (None, _) => {
+            errs.push(
+                file,
+                key,
+                "needs path = \"/...\" (HTTP check) or tcp = true",
+            );
+            None
+        }
+    };
+    if host.is_some() && matches!(probe, Some(Probe::Tcp)) {
+        errs.push(file, f.path("host"), "only applies to an HTTP check (path)");
+    }
+    let interval = interval.unwrap_or(Duration::from_secs(5));
+    let timeout = timeout.unwrap_or(Duration::from_secs(1).min(interval));
+    if timeout > interval {
+        errs.push(file, f.path("timeout"), "must not exceed interval");
+    }
+    f.finish(errs);
+    Some(HealthConfig {
+        probe: probe?,
+        interval,
+        timeout,
+        healthy_after: healthy_after.unwrap_or(2) as u32,
+        unhealthy_after: unhealthy_after.unwrap_or(3) as u32,
+    })
+}
+
+fn parse_routes(
+    f: &Fields,
+    pools: &[(String, PoolConfig)],
+    errs: &mut ConfigErrors,
+) -> Vec<RouteConfig> {
+    let Some(list) = f.array("routes", errs) else {
+        return match pools {
+            [] if f.get("pools").is_none() => {
+                errs.push(
+                    f.file,
+                    "",
+                    "the tenant has neither pools nor routes: nothing to serve",
+                );
+                Vec::new()
+            }
+            [_] => vec![RouteConfig {
+                path_prefix: "/".into(),
+                action: RouteAction::Pool(0),
+            }],
+            [] => Vec::new(),
+            _ => {
+                errs.push(
+                    f.file,
+                    "routes",
+                    "required when a tenant has more than one pool",
+                );
+                Vec::new()
+            }
+        };
+    };
+    let mut routes: Vec<RouteConfig> = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        let Some(t) = v.as_table() else {
+            errs.push(f.file, key, "expected a table ([[routes]])");
+            continue;
+        };
+        if let Some(r) = parse_route(f.file, &key, t, pools, errs) {
+            if routes.iter().any(|x| x.path_prefix == r.path_prefix) {
+                errs.push(
+                    f.file,
+                    format!("{key}.path_prefix"),
+                    format!("`{}` is routed twice", r.path_prefix),
+                );
+            } else {
+                routes.push(r);
+            }
+        }
+    }
+    routes
+}
+
+fn parse_route(
+    file: &Path,
+    key: &str,
+    t: &Table,
+    pools: &[(String, PoolConfig)],
+    errs: &mut ConfigErrors,
+) -> Option<RouteConfig> {
+    let f = Fields::new(file, key, t, ROUTE_KEYS);
+    f.require("path_prefix", errs);
+    let prefix = f.str("path_prefix", errs);
+    if let Some(p) = prefix {
+        if !p.starts_with('/') {
+            errs.push(file, f.path("path_prefix"), "must start with /");
+        }
+    }
+    let action = match (f.str("pool", errs), f.table("respond", errs)) {
+        (Some(name), None) => match pools.iter().position(|(n, _)| n == name) {
+            Some(i) => Some(RouteAction::Pool(i)),
+            None => {
+                let known: Vec<&str> = pools.iter().map(|(n, _)| n.as_str()).collect();
+                errs.push(
+                    file,
+                    f.path("pool"),
+                    format!("no pool named `{name}` (pools: {})", known.join(", ")),
+                );
+                None
+            }
+        },
+        (None, Some(r)) => {
+            parse_respond(file, &f.path("respond"), r, errs).map(RouteAction::Respond)
+        }
+        (Some(_), Some(_)) => {
+            errs.push(file, key, "set either pool or respond, not both");
+            None
+        }
+        (None, None) => {
+            if f.get("pool").is_none() && f.get("respond").is_none() {
+                errs.push(file, key, "needs pool = \"NAME\" or respond = { ... }");
+            }
+            None
+        }
+    };
+    f.finish(errs);
+    Some(RouteConfig {
+        path_prefix: prefix.filter(|p| p.starts_with('/'))?.to_string(),
+        action: action?,
+    })
+}
+
+fn parse_respond(
+    file: &Path,
+    key: &str,
+    t: &Table,
+    errs: &mut ConfigErrors,
+) -> Option<StaticResponse> {
+    let f = Fields::new(file, key, t, RESPOND_KEYS);
+    let before = errs.len();
+    let status = f.int("status", 100..=599, errs).unwrap_or(200) as u16;
+    let body = f.str("body", errs).unwrap_or("").to_string();
+    let mut headers = Vec::new();
+    if let Some(h) = f.table("headers", errs) {
+        for (name, value) in h {
+            let hkey = format!("{key}.headers.{name}");
+            let lower = name.to_ascii_lowercase();
+            if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+                errs.push(file, hkey, "not a valid header name");
+            } else if matches!(
+                lower.as_str(),
+                "content-length" | "transfer-encoding" | "connection"
+            ) {
+                errs.push(file, hkey, "porteiro sets this header itself");
+            } else {
+                match value.as_str() {
+                    Some(v) if http::HeaderValue::from_str(v).is_ok() => {
+                        headers.push((lower, v.to_string()))
+                    }
+                    _ => errs.push(file, hkey, "expected a header value string"),
+                }
+            }
+        }
+    }
+    f.finish(errs);
+    (errs.len() == before).then_some(StaticResponse {
+        status,
+        body,
+        headers,
+    })
+}

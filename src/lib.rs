@@ -1,0 +1,14 @@
+//! porteiro: a multi-tenant reverse proxy on pingora.
+//!
+//! The flow: `config` (files -> validated model) -> `snapshot` (compiled, immutable routing
+//! state) -> `proxy` (pingora hooks reading one snapshot per request). `routing` and the
+//! selection logic in `upstream` are pure and unit-tested; `app` wires the pingora server.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod hash;
+pub mod proxy;
+pub mod routing;
+pub mod snapshot;
+pub mod upstream;

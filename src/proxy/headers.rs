@@ -1,0 +1,231 @@
+//! Headers porteiro vouches for on the way to the backend: the tenant id, the forwarding
+//! chain and the request id. Whatever a client sends under these names is replaced unless the
+//! client is a trusted proxy, so backends can rely on them.
+
+use std::net::IpAddr;
+
+use http::header::HOST;
+use http::HeaderValue;
+use pingora::http::RequestHeader;
+
+pub const X_TENANT_ID: &str = "x-tenant-id";
+pub const X_REQUEST_ID: &str = "x-request-id";
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+
+/// What the proxy knows about the request that the backend should be told.
+pub struct Forwarding<'a> {
+    pub client_ip: Option<IpAddr>,
+    /// The peer is inside `trusted_proxies`: its forwarding headers are extended, not replaced.
+    pub trusted_peer: bool,
+    pub proto: &'static str,
+    /// The host the client asked for, as sent (with port, if any).
+    pub host: &'a str,
+    pub tenant_id: &'a HeaderValue,
+    pub request_id: &'a HeaderValue,
+    pub host_rewrite: Option<&'a HeaderValue>,
+}
+
+pub fn apply(req: &mut RequestHeader, f: &Forwarding) -> pingora::Result<()> {
+    req.remove_header(X_TENANT_ID);
+    req.insert_header(X_TENANT_ID, f.tenant_id.clone())?;
+    req.insert_header(X_REQUEST_ID, f.request_id.clone())?;
+
+    let client = f.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    let prior = if f.trusted_peer {
+        joined(req, X_FORWARDED_FOR)
+    } else {
+        None
+    };
+    let xff = match prior {
+        Some(chain) if !client.is_empty() => format!("{chain}, {client}"),
+        Some(chain) => chain,
+        None => client,
+    };
+    req.remove_header(X_FORWARDED_FOR);
+    if !xff.is_empty() {
+        req.insert_header(X_FORWARDED_FOR, xff)?;
+    }
+    if !(f.trusted_peer && req.headers.contains_key(X_FORWARDED_PROTO)) {
+        req.insert_header(X_FORWARDED_PROTO, f.proto)?;
+    }
+    if !(f.trusted_peer && req.headers.contains_key(X_FORWARDED_HOST)) {
+        req.remove_header(X_FORWARDED_HOST);
+        if !f.host.is_empty() {
+            req.insert_header(X_FORWARDED_HOST, f.host)?;
+        }
+    }
+    if let Some(host) = f.host_rewrite {
+        req.insert_header(HOST, host.clone())?;
+    } else if !req.headers.contains_key(HOST) && !f.host.is_empty() {
+        // An HTTP/2 client sends :authority and no Host; an HTTP/1.1 backend needs Host.
+        req.insert_header(HOST, f.host)?;
+    }
+    Ok(())
+}
+
+/// Every value of a repeated header, joined by ", " as RFC 9110 allows.
+fn joined(req: &RequestHeader, name: &str) -> Option<String> {
+    let mut out: Option<String> = None;
+    for v in req.headers.get_all(name) {
+        let v = v.to_str().ok()?.trim();
+        if v.is_empty() {
+            continue;
+        }
+        match &mut out {
+            Some(s) => {
+                s.push_str(", ");
+                s.push_str(v);
+            }
+            None => out = Some(v.to_owned()),
+        }
+    }
+    out
+}
+
+/// The client's `X-Request-Id` if it is sane (1..=128 of `[A-Za-z0-9._:+/=-]`), else a new
+/// random 128-bit id in hex. Anything else could smuggle junk into every backend's logs.
+pub fn request_id(req: &RequestHeader) -> HeaderValue {
+    if let Some(v) = req.headers.get(X_REQUEST_ID) {
+        if is_sane_request_id(v.as_bytes()) {
+            return v.clone();
+        }
+    }
+    new_request_id()
+}
+
+pub fn is_sane_request_id(id: &[u8]) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:+/=-".contains(b))
+}
+
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 32];
+    for (chunk, word) in buf
+        .chunks_mut(16)
+        .zip([fastrand::u64(..), fastrand::u64(..)])
+    {
+        for (i, b) in chunk.iter_mut().enumerate() {
+            *b = HEX[((word >> (i * 4)) & 0xf) as usize];
+        }
+    }
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// The host a request is for: the URI authority (HTTP/2 `:authority`, HTTP/1.1 absolute form)
+/// wins over the Host header, as RFC 9110 7.2 says.
+pub fn request_host(req: &RequestHeader) -> Option<&str> {
+    if let Some(authority) = req.uri.authority() {
+        return Some(authority.as_str());
+    }
+    req.headers.get(HOST).and_then(|h| h.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/x", None).unwrap();
+        for (n, v) in headers {
+            r.append_header(n.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn forward(r: &mut RequestHeader, trusted: bool) {
+        let tenant = HeaderValue::from_static("acme");
+        let rid = HeaderValue::from_static("rid-1");
+        apply(
+            r,
+            &Forwarding {
+                client_ip: Some("192.0.2.7".parse().unwrap()),
+                trusted_peer: trusted,
+                proto: "http",
+                host: "acme.example.com",
+                tenant_id: &tenant,
+                request_id: &rid,
+                host_rewrite: None,
+            },
+        )
+        .unwrap();
+    }
+
+    fn get<'a>(r: &'a RequestHeader, n: &str) -> Vec<&'a str> {
+        r.headers
+            .get_all(n)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn untrusted_clients_cannot_set_what_porteiro_vouches_for() {
+        let mut r = req(&[
+            ("X-Tenant-Id", "other"),
+            ("x-tenant-id", "other2"),
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "evil.example"),
+            ("Host", "acme.example.com"),
+        ]);
+        forward(&mut r, false);
+        assert_eq!(get(&r, "x-tenant-id"), vec!["acme"]);
+        assert_eq!(get(&r, "x-forwarded-for"), vec!["192.0.2.7"]);
+        assert_eq!(get(&r, "x-forwarded-proto"), vec!["http"]);
+        assert_eq!(get(&r, "x-forwarded-host"), vec!["acme.example.com"]);
+        assert_eq!(get(&r, "x-request-id"), vec!["rid-1"]);
+        assert_eq!(get(&r, "host"), vec!["acme.example.com"]);
+    }
+
+    #[test]
+    fn trusted_proxies_extend_the_chain() {
+        let mut r = req(&[
+            ("X-Forwarded-For", "203.0.113.1"),
+            ("X-Forwarded-For", "198.51.100.2"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Tenant-Id", "other"),
+        ]);
+        forward(&mut r, true);
+        assert_eq!(
+            get(&r, "x-forwarded-for"),
+            vec!["203.0.113.1, 198.51.100.2, 192.0.2.7"]
+        );
+        assert_eq!(get(&r, "x-forwarded-proto"), vec!["https"]);
+        assert_eq!(
+            get(&r, "x-tenant-id"),
+            vec!["acme"],
+            "tenant id is never trusted"
+        );
+        assert_eq!(
+            get(&r, "host"),
+            vec!["acme.example.com"],
+            "h2 requests get a Host"
+        );
+    }
+
+    #[test]
+    fn request_ids_are_kept_only_when_sane() {
+        assert_eq!(request_id(&req(&[("X-Request-Id", "abc-123")])), "abc-123");
+        for bad in ["", "has space", "semi;colon", &"x".repeat(129)] {
+            let id = request_id(&req(&[("X-Request-Id", bad)]));
+            assert_eq!(id.len(), 32, "{bad:?} should be replaced");
+            assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        }
+        assert_ne!(request_id(&req(&[])), request_id(&req(&[])));
+    }
+
+    #[test]
+    fn authority_wins_over_host() {
+        let r = req(&[("Host", "a.example.com")]);
+        assert_eq!(request_host(&r), Some("a.example.com"));
+        let mut r = req(&[("Host", "a.example.com")]);
+        r.set_uri("http://b.example.com/x".parse().unwrap());
+        assert_eq!(request_host(&r), Some("b.example.com"));
+    }
+}

@@ -1,0 +1,328 @@
+//! The pingora `ProxyHttp` implementation. Each hook is short and hands the real decisions to
+//! `snapshot` (routing), `upstream` (selection, health) and `headers`.
+
+mod context;
+pub mod headers;
+mod respond;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+
+pub use context::RequestCtx;
+
+use crate::config::model::HashKey;
+use crate::hash::stable_hash;
+use crate::snapshot::{Resolution, Route, SharedSnapshot};
+use crate::upstream::now_ms;
+
+pub struct Porteiro {
+    snapshot: Arc<SharedSnapshot>,
+}
+
+impl Porteiro {
+    pub fn new(snapshot: Arc<SharedSnapshot>) -> Self {
+        Self { snapshot }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Porteiro {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    /// Request phase: pin the snapshot, find tenant and route; answer unknown hosts,
+    /// unmatched paths and `respond` routes here so they never reach a backend.
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        let snap = self.snapshot.load_full();
+        let req = session.req_header();
+        ctx.request_id = Some(headers::request_id(req));
+        ctx.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let Some(host) = headers::request_host(req) else {
+            return self.answer_error(session, ctx, 400).await;
+        };
+        let resolution = snap.resolve(host, req.uri.path());
+        let answer = match resolution {
+            Resolution::UnknownHost => Err(snap.unknown_host_status),
+            Resolution::NoRoute(t) => {
+                ctx.tenant = Some(t);
+                Err(404)
+            }
+            Resolution::Route(t, Route::Respond(resp)) => {
+                ctx.tenant = Some(t);
+                Ok(Some(resp.clone()))
+            }
+            Resolution::Route(t, Route::Pool(pool)) => {
+                ctx.tenant = Some(t);
+                ctx.hash_key = hash_key(pool.hash_key.as_ref(), session.req_header(), ctx);
+                ctx.pool = Some(pool.clone());
+                Ok(None)
+            }
+        };
+        ctx.snapshot = Some(snap);
+        match answer {
+            Ok(None) => Ok(false),
+            Ok(Some(resp)) => {
+                respond::send(
+                    session,
+                    resp.status,
+                    &resp.headers,
+                    resp.body.clone(),
+                    ctx.request_id.as_ref(),
+                )
+                .await?;
+                Ok(true)
+            }
+            Err(status) => self.answer_error(session, ctx, status).await,
+        }
+    }
+
+    /// Peer selection (again on each retry): a usable backend this request has not tried yet.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let Some(pool) = ctx.pool.clone() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no pool chosen for this request",
+            ));
+        };
+        let Some(index) = pool.select(ctx.hash_key, &ctx.tried, now_ms()) else {
+            // After failed attempts this is a 502 (we could not reach a backend); before any
+            // attempt, a 503 (nothing was healthy to begin with).
+            let status = if ctx.tried.is_empty() { 503 } else { 502 };
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(status),
+                "no usable backend in pool",
+            ));
+        };
+        let backend = &pool.backends[index];
+        ctx.tried.push(index);
+        ctx.inflight = Some(backend.state.start_request());
+        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        let t = &pool.timeouts;
+        peer.options.connection_timeout = Some(t.connect);
+        peer.options.read_timeout = Some(t.read);
+        peer.options.write_timeout = Some(t.write);
+        peer.options.idle_timeout = Some(t.idle);
+        Ok(Box::new(peer))
+    }
+
+    /// Connect failure: count it against the backend at once, and retry another backend while
+    /// the pool's retry budget lasts. Safe for any method: nothing reached the backend.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(pool) = &ctx.pool {
+            self.passive_failure(ctx, &e);
+            if ctx.tried.len() <= pool.retries as usize {
+                e.set_retry(true);
+            }
+        }
+        e.more_context(format!("Peer: {peer}"))
+    }
+
+    /// Failure after connecting: timeouts count against the backend; a retry happens only for
+    /// idempotent requests on a reused connection (pingora's rule), never for a POST that may
+    /// have reached the backend.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        ) {
+            self.passive_failure(ctx, &e);
+        }
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    /// Upstream request phase: set the headers porteiro vouches for.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let (Some(snap), Some(t), Some(rid)) = (&ctx.snapshot, ctx.tenant, &ctx.request_id) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "request reached upstream unrouted",
+            ));
+        };
+        let trusted_peer = ctx.client_ip.is_some_and(|ip| snap.is_trusted_proxy(ip));
+        let host = headers::request_host(session.req_header()).unwrap_or("");
+        headers::apply(
+            upstream,
+            &headers::Forwarding {
+                client_ip: ctx.client_ip,
+                trusted_peer,
+                proto: "http",
+                host,
+                tenant_id: &snap.tenants[t as usize].id_header,
+                request_id: rid,
+                host_rewrite: ctx.pool.as_ref().and_then(|p| p.host_header.as_ref()),
+            },
+        )
+    }
+
+    /// Upstream response phase: the backend answered, so a passive failure streak ends.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let (Some(pool), Some(&i)) = (&ctx.pool, ctx.tried.last()) {
+            pool.backends[i].state.record_passive_success();
+        }
+        Ok(())
+    }
+
+    /// Response phase: echo the request id to the client.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(rid) = &ctx.request_id {
+            resp.insert_header(headers::X_REQUEST_ID, rid.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Fatal error: answer with a clear status and body (503 no backend, 502 unreachable,
+    /// 504 timeout) and log which tenant, pool and backend were involved.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let status = status_for(e);
+        if status >= 500 {
+            tracing::warn!(
+                tenant = ctx.tenant_id(), pool = ctx.pool_name(), backend = ctx.backend_label(),
+                attempts = ctx.tried.len(), status, error = %e, "request failed"
+            );
+        }
+        if status > 0 {
+            let _ = respond::error(
+                session,
+                status,
+                respond::reason_for(status),
+                ctx.request_id.as_ref(),
+            )
+            .await;
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+impl Porteiro {
+    async fn answer_error(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        status: u16,
+    ) -> pingora::Result<bool> {
+        respond::error(
+            session,
+            status,
+            respond::reason_for(status),
+            ctx.request_id.as_ref(),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    fn passive_failure(&self, ctx: &RequestCtx, e: &Error) {
+        let (Some(pool), Some(&i)) = (&ctx.pool, ctx.tried.last()) else {
+            return;
+        };
+        let backend = &pool.backends[i];
+        if backend
+            .state
+            .record_passive_failure(&pool.thresholds, now_ms())
+        {
+            tracing::warn!(
+                tenant = ctx.tenant_id(), pool = %pool.name, backend = %backend.label, error = %e,
+                "backend taken out after consecutive failures"
+            );
+        }
+    }
+}
+
+/// The status a failed request gets. Timeouts are 504; anything the upstream side caused is
+/// 502; statuses we raised ourselves pass through; a dead client gets nothing (0).
+fn status_for(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if e.esource() == &ErrorSource::Upstream =>
+        {
+            504
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+/// Hash of the request's consistent-hash key; 0 when the pool does not hash.
+fn hash_key(key: Option<&HashKey>, req: &RequestHeader, ctx: &RequestCtx) -> u64 {
+    match key {
+        None => 0,
+        Some(HashKey::ClientIp) => match ctx.client_ip {
+            Some(std::net::IpAddr::V4(ip)) => stable_hash(&ip.octets()),
+            Some(std::net::IpAddr::V6(ip)) => stable_hash(&ip.octets()),
+            None => 0,
+        },
+        Some(HashKey::Path) => stable_hash(req.uri.path().as_bytes()),
+        Some(HashKey::Header(name)) => req
+            .headers
+            .get(name.as_str())
+            .map_or(0, |v| stable_hash(v.as_bytes())),
+    }
+}

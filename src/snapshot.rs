@@ -1,0 +1,194 @@
+//! The compiled routing state of one config generation: host table, tenants, their routes and
+//! pools, and the health targets. Immutable once built; a reload builds a new one and swaps it
+//! in with one atomic store. A request loads it once and keeps that `Arc` to its end.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+use crate::config::model::{Config, RouteAction, StaticResponse, TenantConfig};
+use crate::routing::{HostTable, PathRoutes};
+use crate::upstream::health::{HealthKey, HealthRegistry, HealthTarget};
+use crate::upstream::{Pool, Thresholds};
+
+/// The one place the current snapshot lives.
+pub type SharedSnapshot = ArcSwap<Snapshot>;
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+    pub digest: String,
+    pub hosts: HostTable<u32>,
+    pub tenants: Vec<Tenant>,
+    pub unknown_host_status: u16,
+    pub trusted_proxies: Vec<IpNet>,
+    pub health: HealthRegistry,
+    pub health_targets: Vec<Arc<HealthTarget>>,
+}
+
+#[derive(Debug)]
+pub struct Tenant {
+    pub id: Arc<str>,
+    /// `X-Tenant-Id` value, built once.
+    pub id_header: HeaderValue,
+    pub routes: PathRoutes<Route>,
+    pub pools: Vec<Arc<Pool>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Route {
+    Pool(Arc<Pool>),
+    Respond(Arc<PreparedResponse>),
+}
+
+/// A `respond` route with its headers parsed once, at build time.
+#[derive(Debug)]
+pub struct PreparedResponse {
+    pub status: u16,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+}
+
+/// What a snapshot holds, for `check` and status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub tenants: usize,
+    pub hosts: usize,
+    pub pools: usize,
+    pub backends: usize,
+}
+
+impl Snapshot {
+    /// Compiles a validated config. `previous` lends backend state (health, in-flight counts)
+    /// to every backend that is still configured the same way.
+    pub fn build(config: &Config, generation: u64, previous: Option<&Snapshot>) -> Snapshot {
+        let host_count = config.tenants.iter().map(|t| t.hosts.len()).sum();
+        let mut hosts = HostTable::with_capacity(host_count, host_count / 2);
+        let mut health = HealthRegistry::default();
+        let mut tenants = Vec::with_capacity(config.tenants.len());
+        for (index, tc) in config.tenants.iter().enumerate() {
+            for pattern in &tc.hosts {
+                hosts.insert(pattern, index as u32);
+            }
+            tenants.push(build_tenant(tc, &mut health, previous.map(|p| &p.health)));
+        }
+        let health_targets = health.targets();
+        Snapshot {
+            generation,
+            loaded_at: SystemTime::now(),
+            digest: config.digest.clone(),
+            hosts,
+            tenants,
+            unknown_host_status: config.server.unknown_host_status,
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            health,
+            health_targets,
+        }
+    }
+
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    pub fn counts(&self) -> Counts {
+        let pools = self.tenants.iter().flat_map(|t| &t.pools);
+        Counts {
+            tenants: self.tenants.len(),
+            hosts: self.hosts.len(),
+            pools: pools.clone().count(),
+            backends: pools.map(|p| p.backends.len()).sum(),
+        }
+    }
+}
+
+fn build_tenant(
+    tc: &TenantConfig,
+    health: &mut HealthRegistry,
+    previous: Option<&HealthRegistry>,
+) -> Tenant {
+    let pools: Vec<Arc<Pool>> = tc
+        .pools
+        .iter()
+        .map(|pc| {
+            let thresholds = Thresholds {
+                healthy_after: pc.health.as_ref().map_or(1, |h| h.healthy_after),
+                unhealthy_after: pc.health.as_ref().map_or(1, |h| h.unhealthy_after),
+                passive_failures: pc.passive_failures,
+                passive_cooldown_ms: pc.passive_cooldown.as_millis() as u64,
+                actively_checked: pc.health.is_some(),
+            };
+            let user = format!("{}/{}", tc.id, pc.name);
+            Arc::new(Pool::build(pc, thresholds, |addr| {
+                let key = HealthKey {
+                    addr,
+                    check: pc.health.clone(),
+                };
+                health.state_for(key, user.clone(), previous)
+            }))
+        })
+        .collect();
+    let routes = tc
+        .routes
+        .iter()
+        .map(|r| {
+            let route = match &r.action {
+                RouteAction::Pool(i) => Route::Pool(pools[*i].clone()),
+                RouteAction::Respond(resp) => Route::Respond(Arc::new(prepare(resp))),
+            };
+            (r.path_prefix.clone(), route)
+        })
+        .collect();
+    Tenant {
+        id: tc.id.as_str().into(),
+        // Validation restricts ids to [a-z0-9_-], always a valid header value.
+        id_header: HeaderValue::from_str(&tc.id).unwrap_or(HeaderValue::from_static("invalid")),
+        routes: PathRoutes::new(routes),
+        pools,
+    }
+}
+
+fn prepare(resp: &StaticResponse) -> PreparedResponse {
+    // Validation checked every name and value; anything unparsable is dropped, not panicked on.
+    let headers = resp
+        .headers
+        .iter()
+        .filter_map(|(n, v)| {
+            Some((
+                HeaderName::try_from(n.as_str()).ok()?,
+                HeaderValue::try_from(v.as_str()).ok()?,
+            ))
+        })
+        .collect();
+    PreparedResponse {
+        status: resp.status,
+        headers,
+        body: Bytes::from(resp.body.clone()),
+    }
+}
+
+/// Where a request goes, decided from its host and path alone. Tenants are given by index.
+#[derive(Debug)]
+pub enum Resolution<'a> {
+    UnknownHost,
+    /// The host belongs to a tenant, but none of its routes matches the path.
+    NoRoute(u32),
+    Route(u32, &'a Route),
+}
+
+impl Snapshot {
+    pub fn resolve(&self, host: &str, path: &str) -> Resolution<'_> {
+        let Some(&index) = self.hosts.lookup(host) else {
+            return Resolution::UnknownHost;
+        };
+        match self.tenants[index as usize].routes.lookup(path) {
+            Some(route) => Resolution::Route(index, route),
+            None => Resolution::NoRoute(index),
+        }
+    }
+}

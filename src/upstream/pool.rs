@@ -1,0 +1,127 @@
+//! A compiled upstream pool: its backends with their live state, the selector, and the
+//! connection settings every request to it uses.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::model::{Balance, HashKey, PoolConfig};
+
+use super::balance::{Candidates, Selector};
+use super::state::{BackendState, Thresholds};
+
+#[derive(Debug)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// `addr` as text, computed once for logs and (later) metric labels.
+    pub label: Arc<str>,
+    pub weight: u32,
+    pub state: Arc<BackendState>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+    pub idle: Duration,
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    pub name: Arc<str>,
+    pub backends: Vec<Backend>,
+    selector: Selector,
+    pub hash_key: Option<HashKey>,
+    pub timeouts: Timeouts,
+    /// Extra backends tried after connect failures.
+    pub retries: u32,
+    pub host_header: Option<http::HeaderValue>,
+    pub thresholds: Thresholds,
+}
+
+impl Pool {
+    /// Builds a pool; `state_for` supplies each backend's shared state (reused across reloads).
+    pub fn build(
+        cfg: &PoolConfig,
+        thresholds: Thresholds,
+        mut state_for: impl FnMut(SocketAddr) -> Arc<BackendState>,
+    ) -> Self {
+        let weights: Vec<u32> = cfg.backends.iter().map(|b| b.weight).collect();
+        let names: Vec<String> = cfg.backends.iter().map(|b| b.addr.to_string()).collect();
+        let (selector, hash_key) = match &cfg.balance {
+            Balance::RoundRobin => (Selector::round_robin(&weights), None),
+            Balance::LeastConn => (Selector::least_conn(), None),
+            Balance::Random => (Selector::random(&weights), None),
+            Balance::ConsistentHash(key) => {
+                (Selector::consistent(&names, &weights), Some(key.clone()))
+            }
+        };
+        let backends = cfg
+            .backends
+            .iter()
+            .zip(names)
+            .map(|(b, name)| Backend {
+                addr: b.addr,
+                label: name.into(),
+                weight: b.weight,
+                state: state_for(b.addr),
+            })
+            .collect();
+        Self {
+            name: cfg.name.as_str().into(),
+            backends,
+            selector,
+            hash_key,
+            timeouts: Timeouts {
+                connect: cfg.connect_timeout,
+                read: cfg.read_timeout,
+                write: cfg.write_timeout,
+                idle: cfg.idle_timeout,
+            },
+            retries: cfg.retries,
+            // Validation checked the value; a failure here would only drop the rewrite.
+            host_header: cfg
+                .host_header
+                .as_deref()
+                .and_then(|h| http::HeaderValue::from_str(h).ok()),
+            thresholds,
+        }
+    }
+
+    /// Picks a usable backend not in `tried`. `key` feeds consistent hashing.
+    pub fn select(&self, key: u64, tried: &[usize], now_ms: u64) -> Option<usize> {
+        let view = View {
+            pool: self,
+            tried,
+            now_ms,
+        };
+        self.selector.select(&view, key)
+    }
+
+    /// Whether any backend could take a request now; for the "no healthy backend" answer.
+    pub fn any_usable(&self, now_ms: u64) -> bool {
+        self.backends.iter().any(|b| b.state.is_usable(now_ms))
+    }
+}
+
+struct View<'a> {
+    pool: &'a Pool,
+    tried: &'a [usize],
+    now_ms: u64,
+}
+
+impl Candidates for View<'_> {
+    fn len(&self) -> usize {
+        self.pool.backends.len()
+    }
+    fn weight(&self, i: usize) -> u32 {
+        self.pool.backends[i].weight
+    }
+    fn usable(&self, i: usize) -> bool {
+        !self.tried.contains(&i) && self.pool.backends[i].state.is_usable(self.now_ms)
+    }
+    fn inflight(&self, i: usize) -> u32 {
+        self.pool.backends[i].state.inflight()
+    }
+}

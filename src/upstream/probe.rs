@@ -1,0 +1,86 @@
+//! Active health probes: a TCP connect, or an HTTP/1.1 GET whose status must be 2xx or 3xx.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::model::Probe;
+
+/// Runs one probe within `timeout`. `Err` carries a short reason for the log.
+pub async fn run(addr: SocketAddr, probe: &Probe, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, attempt(addr, probe)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
+    }
+}
+
+async fn attempt(addr: SocketAddr, probe: &Probe) -> Result<(), String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (path, host) = match probe {
+        Probe::Tcp => return Ok(()),
+        Probe::Http { path, host } => (path, host),
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: porteiro-health-check\r\n\
+         Accept: */*\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    // The status line is all we need; read until its end, at most 1 KiB.
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 1024 {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    match parse_status(&buf) {
+        Some(status) if (200..400).contains(&status) => Ok(()),
+        Some(status) => Err(format!("GET {path} answered {status}")),
+        None => Err(format!("GET {path}: no HTTP status line in the answer")),
+    }
+}
+
+/// `HTTP/1.1 204 No Content` -> 204.
+pub fn parse_status(buf: &[u8]) -> Option<u16> {
+    let line_end = buf
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(buf.len());
+    let line = std::str::from_utf8(&buf[..line_end]).ok()?;
+    let mut parts = line.split(' ');
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    let code = parts.next()?;
+    if code.len() != 3 {
+        return None;
+    }
+    code.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_status;
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(parse_status(b"HTTP/1.1 204 No Content\r\n\r\n"), Some(204));
+        assert_eq!(parse_status(b"HTTP/1.0 503 Unavailable\r\n"), Some(503));
+        assert_eq!(parse_status(b"HTTP/1.1 200"), Some(200));
+        assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
+        assert_eq!(parse_status(b"HTTP/1.1 2000 OK\r\n"), None);
+        assert_eq!(parse_status(b""), None);
+    }
+}

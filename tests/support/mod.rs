@@ -1,0 +1,363 @@
+//! Test harness: real HTTP backends and the real porteiro binary, all on loopback ports.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_porteiro");
+
+/// What a backend saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: HashMap<String, Vec<String>>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.headers.get(name).cloned().unwrap_or_default()
+    }
+}
+
+/// A real HTTP/1.1 + h2c server on 127.0.0.1:0 that answers with its own name.
+/// `/healthz` follows `healthy`; `/hold` waits until `release()`.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub healthy: Arc<AtomicBool>,
+    hits: Arc<AtomicUsize>,
+    health_hits: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    release: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().unwrap();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let health_hits = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let release = Arc::new(Notify::new());
+        let state = (
+            name.to_string(),
+            healthy.clone(),
+            hits.clone(),
+            health_hits.clone(),
+            seen.clone(),
+            release.clone(),
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(answer(req, state).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            name: name.to_string(),
+            addr,
+            healthy,
+            hits,
+            health_hits,
+            seen,
+            release,
+            task,
+        }
+    }
+
+    /// Requests other than health checks.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn health_hits(&self) -> usize {
+        self.health_hits.load(Ordering::SeqCst)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Lets every request waiting in `/hold` finish.
+    pub fn release(&self) {
+        self.release.notify_waiters();
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type State = (
+    String,
+    Arc<AtomicBool>,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+    Arc<Mutex<Vec<Seen>>>,
+    Arc<Notify>,
+);
+
+async fn answer(
+    req: Request<Incoming>,
+    (name, healthy, hits, health_hits, seen, release): State,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    if path == "/healthz" {
+        health_hits.fetch_add(1, Ordering::SeqCst);
+        let status = if healthy.load(Ordering::SeqCst) {
+            200
+        } else {
+            500
+        };
+        return Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from_static(b"health\n")))
+            .unwrap();
+    }
+    let mut headers: HashMap<String, Vec<String>> = HashMap::new();
+    for (n, v) in req.headers() {
+        headers
+            .entry(n.as_str().to_string())
+            .or_default()
+            .push(v.to_str().unwrap_or("?").to_string());
+    }
+    seen.lock().unwrap().push(Seen {
+        method: req.method().to_string(),
+        path: path.clone(),
+        headers,
+    });
+    hits.fetch_add(1, Ordering::SeqCst);
+    if path.starts_with("/hold") {
+        // Bounded: a test that forgets to release still ends.
+        let _ = tokio::time::timeout(Duration::from_secs(10), release.notified()).await;
+    }
+    Response::builder()
+        .header("x-backend", name.as_str())
+        .body(Full::new(Bytes::from(format!("{name} {path}\n"))))
+        .unwrap()
+}
+
+/// A loopback port nobody listens on right now (for the proxy's own listener, and for
+/// "dead backend" addresses that refuse connections).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn dead_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// A configuration directory: main file plus `tenants.d/`.
+pub struct ConfigDir {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl ConfigDir {
+    /// `server_extra` is appended to the `[server]` table.
+    pub fn new(server_extra: &str) -> ConfigDir {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        std::fs::create_dir(dir.path().join("tenants.d")).unwrap();
+        let main =
+            format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\n{server_extra}\n");
+        std::fs::write(dir.path().join("porteiro.toml"), main).unwrap();
+        ConfigDir { dir, port }
+    }
+
+    pub fn main_file(&self) -> PathBuf {
+        self.dir.path().join("porteiro.toml")
+    }
+
+    pub fn tenant(&self, file: &str, body: &str) -> &Self {
+        std::fs::write(self.dir.path().join("tenants.d").join(file), body).unwrap();
+        self
+    }
+}
+
+/// The porteiro binary running on a `ConfigDir`; killed on drop.
+pub struct Proxy {
+    child: Child,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Proxy {
+    /// Starts porteiro and waits (bounded) until its listener accepts connections.
+    pub fn start(cfg: &ConfigDir) -> Proxy {
+        let log = cfg.dir.path().join("porteiro.log");
+        let child = Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(cfg.main_file())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::File::options().append(true).open(&log).unwrap(),
+            ))
+            .spawn()
+            .expect("spawn porteiro");
+        let mut proxy = Proxy {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], cfg.port)),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if std::net::TcpStream::connect(proxy.addr).is_ok() {
+                return proxy;
+            }
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                panic!(
+                    "porteiro exited ({status}) before listening:\n{}",
+                    proxy.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "porteiro did not listen within 15s:\n{}",
+                proxy.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A GET with an explicit Host; returns status, `x-backend` and body.
+pub async fn get(client: &reqwest::Client, proxy: &Proxy, host: &str, path: &str) -> Reply {
+    send(client.get(proxy.url(path)).header("host", host)).await
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub backend: Option<String>,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+pub async fn send(req: reqwest::RequestBuilder) -> Reply {
+    let resp = req.send().await.expect("request through porteiro");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let backend = headers
+        .get("x-backend")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = resp.text().await.unwrap_or_default();
+    Reply {
+        status,
+        backend,
+        headers,
+        body,
+    }
+}
+
+/// Polls `probe` until it returns true, at most `limit`; panics with `what` otherwise.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if probe().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Runs `porteiro check -c FILE`; returns (exit code, stdout, stderr).
+pub fn check(main_file: &Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(main_file)
+        .output()
+        .expect("run check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A tenant file with one pool over `backends` (as "ip:port" strings) and extra pool keys.
+pub fn one_pool_tenant(
+    id: &str,
+    hosts: &[&str],
+    backends: &[SocketAddr],
+    pool_extra: &str,
+) -> String {
+    let hosts: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
+    let backends: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    format!(
+        "id = \"{id}\"\nhosts = [{}]\n\n[pools.web]\nbackends = [{}]\n{pool_extra}\n",
+        hosts.join(", "),
+        backends.join(", ")
+    )
+}
