@@ -224,6 +224,15 @@ impl ProxyHttp for Porteiro {
         Ok(())
     }
 
+    /// Error log: a client that hangs up is not an error worth a log line per connection.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        e.esource() == &ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+    }
+
     /// Fatal error: answer with a clear status and body (503 no backend, 502 unreachable,
     /// 504 timeout) and log which tenant, pool and backend were involved.
     async fn fail_to_proxy(
