@@ -249,6 +249,9 @@ impl ProxyHttp for Porteiro {
             );
         }
         if status > 0 {
+            // The connection is not reused after a failure; say so, or a client that reuses it
+            // sees a reset instead of its next answer.
+            session.set_keepalive(None);
             let _ = respond::error(
                 session,
                 status,
