@@ -12,9 +12,12 @@ use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 
+use crate::admin::Admin;
 use crate::config::{self, model::Config, ConfigErrors};
 use crate::proxy::Porteiro;
+use crate::reload::{ConfigWatcher, HangupReloader, Reloader};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::upstream::health::HealthChecker;
 
@@ -40,6 +43,7 @@ pub struct RunOptions {
 pub struct Prepared {
     pub server: Server,
     pub snapshot: Arc<SharedSnapshot>,
+    pub reloader: Arc<Reloader>,
 }
 
 /// Loads and validates the configuration, checks the listeners, builds the server.
@@ -47,7 +51,7 @@ pub fn prepare(config_file: &Path, opts: &RunOptions) -> Result<Prepared, StartE
     let config = config::load(config_file).map_err(StartError::Config)?;
     if !opts.upgrade {
         // pingora panics deep inside a service when a bind fails; check first for one clear line.
-        for addr in &config.server.listen {
+        for addr in config.server.listen.iter().chain(&config.server.admin) {
             TcpListener::bind(addr).map_err(|source| StartError::Listen {
                 addr: *addr,
                 source,
@@ -55,11 +59,21 @@ pub fn prepare(config_file: &Path, opts: &RunOptions) -> Result<Prepared, StartE
         }
     }
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&config, 1, None)));
-    let server = build_server(&config, snapshot.clone(), opts);
-    Ok(Prepared { server, snapshot })
+    let reloader = Arc::new(Reloader::new(config_file, &config, snapshot.clone()));
+    let server = build_server(&config, snapshot.clone(), reloader.clone(), opts);
+    Ok(Prepared {
+        server,
+        snapshot,
+        reloader,
+    })
 }
 
-fn build_server(config: &Config, snapshot: Arc<SharedSnapshot>, opts: &RunOptions) -> Server {
+fn build_server(
+    config: &Config,
+    snapshot: Arc<SharedSnapshot>,
+    reloader: Arc<Reloader>,
+    opts: &RunOptions,
+) -> Server {
     let s = &config.server;
     let conf = ServerConf {
         threads: s.threads,
@@ -90,7 +104,31 @@ fn build_server(config: &Config, snapshot: Arc<SharedSnapshot>, opts: &RunOption
     server.add_service(proxy);
     server.add_service(background_service(
         "health checks",
-        HealthChecker::new(snapshot),
+        HealthChecker::new(snapshot.clone()),
     ));
+    server.add_service(background_service(
+        "reload on SIGHUP",
+        HangupReloader::new(reloader.clone()),
+    ));
+    if s.watch {
+        server.add_service(background_service(
+            "config watcher",
+            ConfigWatcher::new(reloader.clone()),
+        ));
+    }
+    if let Some(addr) = s.admin {
+        let mut admin = Service::new("admin".to_string(), Admin::new(reloader, snapshot));
+        admin.add_tcp(&addr.to_string());
+        server.add_service(admin);
+    }
     server
+}
+
+/// SIGHUP's default action ends the process. Until the reload service installs its handler,
+/// ignore it, so a `systemctl reload` right at start-up cannot kill porteiro.
+pub fn ignore_hangup_until_handled() {
+    // SAFETY: setting a signal disposition to SIG_IGN has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
 }

@@ -54,6 +54,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    app::ignore_hangup_until_handled();
     match app::prepare(path, &RunOptions { upgrade }) {
         Ok(prepared) => {
             let c = prepared.snapshot.load().counts();

@@ -34,6 +34,12 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     /// How long a graceful shutdown waits for in-flight requests.
     pub graceful_shutdown_timeout: Duration,
+    /// The admin listener (health, readiness, reload, status); `None` turns it off.
+    pub admin: Option<SocketAddr>,
+    /// When set, admin requests need `Authorization: Bearer <token>`.
+    pub admin_token: Option<String>,
+    /// Reload by itself when the main file or a tenant file changes.
+    pub watch: bool,
 }
 
 /// One tenant file under `tenants_dir`.

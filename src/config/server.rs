@@ -21,6 +21,9 @@ const SERVER_KEYS: &[&str] = &[
     "h2c",
     "grace_period",
     "graceful_shutdown_timeout",
+    "admin",
+    "admin_token",
+    "watch",
 ];
 
 pub fn defaults() -> ServerConfig {
@@ -33,6 +36,9 @@ pub fn defaults() -> ServerConfig {
         h2c: false,
         grace_period: Duration::from_secs(30),
         graceful_shutdown_timeout: Duration::from_secs(10),
+        admin: Some(SocketAddr::from(([127, 0, 0, 1], 9900))),
+        admin_token: None,
+        watch: true,
     }
 }
 
@@ -97,6 +103,45 @@ pub fn parse(file: &Path, top: &Table, errs: &mut ConfigErrors) -> ServerConfig 
     if let Some(d) = f.duration("graceful_shutdown_timeout", errs) {
         s.graceful_shutdown_timeout = d;
     }
+    if let Some(a) = f.str("admin", errs) {
+        s.admin = match a {
+            "" => None,
+            _ => match a.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    errs.push(
+                        file,
+                        "server.admin",
+                        "expected \"ip:port\", or \"\" to turn the admin listener off",
+                    );
+                    s.admin
+                }
+            },
+        };
+    }
+    if let Some(t) = f.str("admin_token", errs) {
+        if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+            errs.push(
+                file,
+                "server.admin_token",
+                "use at least 16 printable characters, no spaces",
+            );
+        } else {
+            s.admin_token = Some(t.to_string());
+        }
+    }
+    if let (Some(addr), None) = (s.admin, &s.admin_token) {
+        if !addr.ip().is_loopback() && !errs.0.iter().any(|e| e.key == "server.admin_token") {
+            errs.push(
+                file,
+                "server.admin",
+                format!("{addr} is reachable from other machines: set admin_token, or listen on 127.0.0.1"),
+            );
+        }
+    }
+    if let Some(b) = f.bool("watch", errs) {
+        s.watch = b;
+    }
     f.finish(errs);
     s
 }
@@ -143,6 +188,21 @@ mod tests {
         assert!(s.trusted_proxies[1].contains(&"192.0.2.1".parse::<std::net::IpAddr>().unwrap()));
         assert!(s.h2c);
         assert_eq!(s.grace_period, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn admin_listener() {
+        let (s, errs) = parse_str("[server]\nadmin = \"\"\nwatch = false\n");
+        assert!(errs.is_empty(), "{errs}");
+        assert_eq!((s.admin, s.watch), (None, false));
+        let (_, errs) = parse_str("[server]\nadmin = \"0.0.0.0:9900\"\n");
+        assert_eq!(errs.0[0].key, "server.admin");
+        let (s, errs) =
+            parse_str("[server]\nadmin = \"0.0.0.0:9900\"\nadmin_token = \"0123456789abcdef\"\n");
+        assert!(errs.is_empty(), "{errs}");
+        assert!(s.admin_token.is_some());
+        let (_, errs) = parse_str("[server]\nadmin_token = \"short\"\n");
+        assert_eq!(errs.0[0].key, "server.admin_token");
     }
 
     #[test]

@@ -1,0 +1,152 @@
+//! The admin listener: `/-/healthy`, `/-/ready`, `POST /-/reload`, `GET /-/config`.
+//! Loopback by default; with `admin_token` set every request needs the bearer token.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+
+use crate::reload::{Outcome, Reloader, Trigger};
+use crate::snapshot::SharedSnapshot;
+
+pub struct Admin {
+    reloader: Arc<Reloader>,
+    snapshot: Arc<SharedSnapshot>,
+    /// Latched once every backend of the first configuration has been probed, so a reload
+    /// that adds backends does not flap readiness.
+    ready: AtomicBool,
+}
+
+impl Admin {
+    pub fn new(reloader: Arc<Reloader>, snapshot: Arc<SharedSnapshot>) -> Self {
+        Self {
+            reloader,
+            snapshot,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        if self.ready.load(Ordering::Relaxed) {
+            return true;
+        }
+        let probed = self
+            .snapshot
+            .load()
+            .health_targets
+            .iter()
+            .all(|t| t.state.was_probed());
+        if probed {
+            self.ready.store(true, Ordering::Relaxed);
+        }
+        probed
+    }
+
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(token) = self.reloader.admin_token() else {
+            return true;
+        };
+        let sent = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        sent.is_some_and(|s| constant_time_eq(s.as_bytes(), token.as_bytes()))
+    }
+
+    async fn route(&self, method: &Method, path: &str) -> (StatusCode, serde_json::Value) {
+        match (method, path) {
+            (&Method::GET, "/-/healthy") => (StatusCode::OK, json!({"status": "ok"})),
+            (&Method::GET, "/-/ready") if self.is_ready() => {
+                (StatusCode::OK, json!({"status": "ready"}))
+            }
+            (&Method::GET, "/-/ready") => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "waiting for the first health checks"}),
+            ),
+            (&Method::GET, "/-/config") => (StatusCode::OK, json!(self.reloader.status())),
+            (&Method::POST, "/-/reload") => self.reload().await,
+            (_, "/-/healthy" | "/-/ready" | "/-/config" | "/-/reload") => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method not allowed"}),
+            ),
+            _ => (
+                StatusCode::NOT_FOUND,
+                json!({"error": "no such admin endpoint"}),
+            ),
+        }
+    }
+
+    async fn reload(&self) -> (StatusCode, serde_json::Value) {
+        let reloader = self.reloader.clone();
+        let outcome = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Admin)).await;
+        match outcome {
+            Ok(Outcome::Applied { generation }) => (
+                StatusCode::OK,
+                json!({"result": "applied", "generation": generation}),
+            ),
+            Ok(Outcome::Unchanged { generation }) => (
+                StatusCode::OK,
+                json!({"result": "unchanged", "generation": generation}),
+            ),
+            Ok(Outcome::Failed(errors)) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({
+                    "result": "failed",
+                    "errors": errors.0.iter().map(|e| json!({
+                        "file": e.file.display().to_string(), "key": e.key, "reason": e.reason,
+                    })).collect::<Vec<_>>(),
+                }),
+            ),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"result": "failed", "error": e.to_string()}),
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let (status, body) = if self.authorized(session) {
+            let method = session.req_header().method.clone();
+            let path = session.req_header().uri.path().to_string();
+            self.route(&method, &path).await
+        } else {
+            (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "missing or wrong bearer token"}),
+            )
+        };
+        let mut body = serde_json::to_vec_pretty(&body).unwrap_or_default();
+        body.push(b'\n');
+        Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .header(http::header::CACHE_CONTROL, "no-store")
+            .body(body)
+            .unwrap_or_default()
+    }
+}
+
+/// Token comparison whose time does not depend on where the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_comparison() {
+        assert!(super::constant_time_eq(b"abc", b"abc"));
+        assert!(!super::constant_time_eq(b"abc", b"abd"));
+        assert!(!super::constant_time_eq(b"abc", b"abcd"));
+    }
+}

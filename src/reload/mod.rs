@@ -1,0 +1,274 @@
+//! Live reconfiguration. Every trigger (file watcher, SIGHUP, `POST /-/reload`) goes through
+//! `Reloader::reload`: load -> validate everything -> build a complete snapshot (taking over
+//! the state of unchanged backends) -> one atomic swap. On any error nothing changes and the
+//! errors are kept for the status endpoint.
+
+mod triggers;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+pub use triggers::{ConfigWatcher, HangupReloader};
+
+use crate::config::model::{Config, ServerConfig};
+use crate::config::{self, ConfigErrors};
+use crate::snapshot::{Counts, SharedSnapshot, Snapshot};
+
+/// What asked for a reload, for logs and status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    File,
+    Signal,
+    Admin,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::File => "file",
+            Trigger::Signal => "signal",
+            Trigger::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied {
+        generation: u64,
+    },
+    /// The files are byte for byte what is already serving.
+    Unchanged {
+        generation: u64,
+    },
+    Failed(ConfigErrors),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorReport {
+    pub file: String,
+    pub key: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedReload {
+    pub at: String,
+    pub trigger: Trigger,
+    pub errors: Vec<ErrorReport>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadCounts {
+    pub applied: u64,
+    pub unchanged: u64,
+    pub failed: u64,
+}
+
+/// The status `GET /-/config` shows. Never carries secrets (the admin token, private keys).
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub generation: u64,
+    pub loaded_at: String,
+    pub digest: String,
+    pub sources: Vec<String>,
+    pub tenants: usize,
+    pub hosts: usize,
+    pub pools: usize,
+    pub backends: usize,
+    /// Milliseconds the last applied reload took from reading files to the swap.
+    pub last_reload_ms: Option<u64>,
+    pub reloads: ReloadCounts,
+    /// The last failed reload, cleared when a later reload succeeds.
+    pub last_error: Option<FailedReload>,
+    /// Settings changed in the files that only a restart (or graceful upgrade) applies.
+    pub restart_required: Vec<String>,
+}
+
+struct State {
+    /// The server settings the running listeners were started with.
+    started_with: ServerConfig,
+    /// The server settings of the configuration serving now.
+    current: ServerConfig,
+    status: Status,
+}
+
+pub struct Reloader {
+    main_file: PathBuf,
+    snapshot: Arc<SharedSnapshot>,
+    /// Serialises reloads: two triggers at once never interleave their steps.
+    state: Mutex<State>,
+}
+
+impl Reloader {
+    /// Wraps the configuration the process started with (generation 1, already in `snapshot`).
+    pub fn new(main_file: &Path, config: &Config, snapshot: Arc<SharedSnapshot>) -> Self {
+        let status = status_for(&snapshot.load(), config, ReloadCounts::default());
+        Self {
+            main_file: main_file.to_path_buf(),
+            snapshot,
+            state: Mutex::new(State {
+                started_with: config.server.clone(),
+                current: config.server.clone(),
+                status,
+            }),
+        }
+    }
+
+    /// Reloads now (blocking: reads files and builds the snapshot). Safe to call from any
+    /// thread; concurrent calls run one after the other.
+    pub fn reload(&self, trigger: Trigger) -> Outcome {
+        let mut state = self.lock();
+        let started = Instant::now();
+        let config = match config::load(&self.main_file) {
+            Ok(c) => c,
+            Err(errors) => {
+                tracing::error!(
+                    trigger = trigger.as_str(),
+                    errors = errors.len(),
+                    "reload refused; the running configuration stays"
+                );
+                for e in &errors.0 {
+                    tracing::error!("  {e}");
+                }
+                state.status.reloads.failed += 1;
+                state.status.last_error = Some(FailedReload {
+                    at: now_rfc3339(),
+                    trigger,
+                    errors: errors
+                        .0
+                        .iter()
+                        .map(|e| ErrorReport {
+                            file: e.file.display().to_string(),
+                            key: e.key.clone(),
+                            reason: e.reason.clone(),
+                        })
+                        .collect(),
+                });
+                return Outcome::Failed(errors);
+            }
+        };
+        let current = self.snapshot.load_full();
+        if config.digest == current.digest {
+            state.status.reloads.unchanged += 1;
+            state.status.last_error = None;
+            return Outcome::Unchanged {
+                generation: current.generation,
+            };
+        }
+        let generation = current.generation + 1;
+        let next = Snapshot::build(&config, generation, Some(&current));
+        self.snapshot.store(Arc::new(next));
+        let took = started.elapsed();
+
+        let restart_required = restart_required(&state.started_with, &config.server);
+        for key in &restart_required {
+            tracing::warn!(key = %key, "changed in the files but needs a restart (or graceful upgrade) to apply");
+        }
+        let mut reloads = std::mem::take(&mut state.status.reloads);
+        reloads.applied += 1;
+        state.status = status_for(&self.snapshot.load(), &config, reloads);
+        state.status.last_reload_ms = Some(took.as_millis() as u64);
+        state.status.restart_required = restart_required;
+        state.current = config.server.clone();
+        let c = self.snapshot.load().counts();
+        tracing::info!(
+            trigger = trigger.as_str(),
+            generation,
+            tenants = c.tenants,
+            hosts = c.hosts,
+            backends = c.backends,
+            took_ms = took.as_millis() as u64,
+            "configuration reloaded"
+        );
+        Outcome::Applied { generation }
+    }
+
+    pub fn status(&self) -> Status {
+        self.lock().status.clone()
+    }
+
+    /// The admin token of the configuration serving now (rotating it needs no restart).
+    pub fn admin_token(&self) -> Option<String> {
+        self.lock().current.admin_token.clone()
+    }
+
+    /// The directories whose changes may change the configuration: the main file's and the
+    /// tenants directory of the configuration serving now.
+    pub fn watched_dirs(&self) -> Vec<PathBuf> {
+        let main_dir = self
+            .main_file
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let tenants = self.lock().current.tenants_dir.clone();
+        vec![main_dir, tenants]
+    }
+
+    pub fn main_file(&self) -> &Path {
+        &self.main_file
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would leave plain data behind; keep serving it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The `[server]` keys whose change only a restart applies, by name.
+fn restart_required(started: &ServerConfig, now: &ServerConfig) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut check = |key: &str, changed: bool| {
+        if changed {
+            keys.push(format!("server.{key}"));
+        }
+    };
+    check("listen", started.listen != now.listen);
+    check("threads", started.threads != now.threads);
+    check("h2c", started.h2c != now.h2c);
+    check("admin", started.admin != now.admin);
+    check("grace_period", started.grace_period != now.grace_period);
+    check(
+        "graceful_shutdown_timeout",
+        started.graceful_shutdown_timeout != now.graceful_shutdown_timeout,
+    );
+    check("watch", started.watch != now.watch);
+    keys
+}
+
+fn status_for(snapshot: &Snapshot, config: &Config, reloads: ReloadCounts) -> Status {
+    let Counts {
+        tenants,
+        hosts,
+        pools,
+        backends,
+    } = snapshot.counts();
+    Status {
+        generation: snapshot.generation,
+        loaded_at: humantime::format_rfc3339_seconds(snapshot.loaded_at).to_string(),
+        digest: snapshot.digest.clone(),
+        sources: config
+            .sources
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        tenants,
+        hosts,
+        pools,
+        backends,
+        last_reload_ms: None,
+        reloads,
+        last_error: None,
+        restart_required: Vec::new(),
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}

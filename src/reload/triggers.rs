@@ -1,0 +1,141 @@
+//! What starts a reload besides the admin endpoint: file changes and SIGHUP.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use notify::event::{AccessKind, AccessMode, EventKind};
+use notify::{RecursiveMode, Watcher};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::mpsc;
+
+use super::{Reloader, Trigger};
+
+/// Quiet time after the last file event before reloading: editors write a file in several
+/// steps (truncate, write, rename), and a directory sync touches many files at once.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+/// A steady stream of events still reloads at least this often.
+const MAX_DELAY: Duration = Duration::from_secs(2);
+
+/// Reloads when the main file or a tenant file is written, renamed, created or deleted.
+/// Directories are watched rather than files, so write-then-rename and delete-and-recreate
+/// are seen like in-place writes.
+pub struct ConfigWatcher {
+    reloader: Arc<Reloader>,
+}
+
+impl ConfigWatcher {
+    pub fn new(reloader: Arc<Reloader>) -> Self {
+        Self { reloader }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ConfigWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let main_file = self.reloader.main_file().to_path_buf();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(event) = res {
+                if is_relevant(&event, &main_file) {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch the configuration files; reload with SIGHUP or POST /-/reload");
+                return;
+            }
+        };
+        let mut watched = Vec::new();
+        rewatch(&mut watcher, &mut watched, self.reloader.watched_dirs());
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                got = rx.recv() => if got.is_none() { return },
+            }
+            settle(&mut rx).await;
+            let reloader = self.reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || reloader.reload(Trigger::File)).await;
+            rewatch(&mut watcher, &mut watched, self.reloader.watched_dirs());
+        }
+    }
+}
+
+/// Waits until no event came for `DEBOUNCE`, or `MAX_DELAY` passed.
+async fn settle(rx: &mut mpsc::UnboundedReceiver<()>) {
+    let deadline = tokio::time::Instant::now() + MAX_DELAY;
+    while let Ok(Some(())) = tokio::time::timeout_at(
+        deadline.min(tokio::time::Instant::now() + DEBOUNCE),
+        rx.recv(),
+    )
+    .await
+    {}
+}
+
+/// Watches `dirs`, dropping watches on directories no longer named (tenants_dir changed).
+fn rewatch(watcher: &mut impl Watcher, watched: &mut Vec<PathBuf>, dirs: Vec<PathBuf>) {
+    for old in watched.iter().filter(|d| !dirs.contains(d)) {
+        let _ = watcher.unwatch(old);
+    }
+    watched.retain(|d| dirs.contains(d));
+    for dir in dirs {
+        if watched.contains(&dir) {
+            continue;
+        }
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => watched.push(dir),
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory"),
+        }
+    }
+}
+
+fn is_relevant(event: &notify::Event, main_file: &Path) -> bool {
+    let kind_counts = match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    };
+    kind_counts
+        && event.paths.iter().any(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            p == main_file || (name.ends_with(".toml") && !name.starts_with('.'))
+        })
+}
+
+/// Reloads on SIGHUP, as nginx and HAProxy operators expect (`systemctl reload`).
+pub struct HangupReloader {
+    reloader: Arc<Reloader>,
+}
+
+impl HangupReloader {
+    pub fn new(reloader: Arc<Reloader>) -> Self {
+        Self { reloader }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HangupReloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot handle SIGHUP");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                got = hangups.recv() => if got.is_none() { return },
+            }
+            let reloader = self.reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Signal)).await;
+        }
+    }
+}
