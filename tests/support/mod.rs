@@ -191,18 +191,40 @@ pub fn dead_addr() -> SocketAddr {
 pub struct ConfigDir {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    pub admin_port: u16,
 }
 
 impl ConfigDir {
     /// `server_extra` is appended to the `[server]` table.
     pub fn new(server_extra: &str) -> ConfigDir {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let (port, admin_port) = (free_port(), free_port());
         std::fs::create_dir(dir.path().join("tenants.d")).unwrap();
-        let main =
-            format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 2\n{server_extra}\n");
-        std::fs::write(dir.path().join("porteiro.toml"), main).unwrap();
-        ConfigDir { dir, port }
+        let cfg = ConfigDir {
+            dir,
+            port,
+            admin_port,
+        };
+        cfg.write_main(server_extra);
+        cfg
+    }
+
+    /// Rewrites the main file: the test's listeners plus `server_extra` in `[server]`.
+    pub fn write_main(&self, server_extra: &str) {
+        let threads = if server_extra.contains("threads") {
+            ""
+        } else {
+            "threads = 2\n"
+        };
+        let main = format!(
+            "[server]\nlisten = [\"127.0.0.1:{}\"]\nadmin = \"127.0.0.1:{}\"\n{threads}{server_extra}\n",
+            self.port, self.admin_port
+        );
+        std::fs::write(self.main_file(), main).unwrap();
+    }
+
+    pub fn tenant_path(&self, file: &str) -> PathBuf {
+        self.dir.path().join("tenants.d").join(file)
     }
 
     pub fn main_file(&self) -> PathBuf {
@@ -219,6 +241,7 @@ impl ConfigDir {
 pub struct Proxy {
     child: Child,
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     log: PathBuf,
 }
 
@@ -239,6 +262,7 @@ impl Proxy {
         let mut proxy = Proxy {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], cfg.port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], cfg.admin_port)),
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -267,6 +291,24 @@ impl Proxy {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// `GET /-/config` as JSON.
+    pub async fn config_status(&self) -> serde_json::Value {
+        let r = client()
+            .get(self.admin_url("/-/config"))
+            .send()
+            .await
+            .expect("admin answers");
+        r.json().await.expect("status is JSON")
     }
 }
 
