@@ -54,3 +54,26 @@ impl ConfigErrors {
         self.0.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_file_key_and_reason_one_per_line() {
+        let mut errs = ConfigErrors::default();
+        errs.push(
+            Path::new("t/a.toml"),
+            "pools.web.retries",
+            "11 is out of range",
+        );
+        errs.push(Path::new("t/b.toml"), "", "invalid TOML");
+        assert_eq!(
+            errs.to_string(),
+            "t/a.toml: pools.web.retries: 11 is out of range\nt/b.toml: invalid TOML"
+        );
+        assert_eq!(errs.len(), 2);
+        // Usable with `?` into anyhow and the like.
+        let _: &dyn std::error::Error = &errs;
+    }
+}

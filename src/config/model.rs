@@ -12,7 +12,8 @@ use ipnet::IpNet;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub server: ServerConfig,
-    pub tenants: Vec<TenantConfig>,
+    /// Shared, so a reload that leaves a tenant file alone reuses its parsed tenant as is.
+    pub tenants: Vec<std::sync::Arc<TenantConfig>>,
     /// The files this configuration was read from (main file first), for status and reload.
     pub sources: Vec<PathBuf>,
     /// A digest over the bytes of every source file, so status can tell which edit is live.

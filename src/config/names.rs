@@ -20,7 +20,8 @@ pub fn check_id(s: &str) -> Result<(), String> {
 
 /// `acme.example.com` or `*.acme.example.com`; lowercased, one trailing dot dropped.
 pub fn parse_host_pattern(raw: &str) -> Result<HostPattern, String> {
-    let lower = raw.trim_end_matches('.').to_ascii_lowercase();
+    // Only one dot: `a.b.` is the same name as `a.b`, but `a.b..` is a typo.
+    let lower = raw.strip_suffix('.').unwrap_or(raw).to_ascii_lowercase();
     if lower.contains(':') && !lower.starts_with('[') {
         return Err(format!(
             "`{raw}`: hosts carry no port (porteiro ignores the port when matching)"
@@ -81,6 +82,15 @@ mod tests {
             parse_host_pattern("127.0.0.1"),
             Ok(HostPattern::Exact("127.0.0.1".into()))
         );
+        assert_eq!(
+            parse_host_pattern("*.A.test."),
+            Ok(HostPattern::Wildcard("a.test".into()))
+        );
+        // 253 characters is the longest name DNS allows.
+        assert!(parse_host_pattern(&["a"; 127].join(".")).is_ok());
+        assert!(parse_host_pattern("a.test:8080")
+            .unwrap_err()
+            .contains("hosts carry no port"));
         for bad in [
             "",
             "*",
@@ -92,6 +102,13 @@ mod tests {
             "-a.b",
             "a b.c",
             "**.a.b",
+            "a.b..",
+            ".",
+            "*.a.b:80",
+            "[::1]",
+            "caf\u{e9}.test",
+            &format!("{}.test", "a".repeat(64)),
+            &["a"; 128].join("."),
         ] {
             assert!(
                 parse_host_pattern(bad).is_err(),

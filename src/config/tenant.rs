@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use toml::{Table, Value};
@@ -44,7 +45,7 @@ const RESPOND_KEYS: &[&str] = &["status", "body", "headers"];
 pub struct ParsedTenant {
     pub id: Option<String>,
     pub hosts: Vec<(usize, HostPattern)>,
-    pub tenant: TenantConfig,
+    pub tenant: Arc<TenantConfig>,
 }
 
 pub fn parse(file: &Path, table: &Table, errs: &mut ConfigErrors) -> ParsedTenant {
@@ -61,13 +62,13 @@ pub fn parse(file: &Path, table: &Table, errs: &mut ConfigErrors) -> ParsedTenan
     let pools = parse_pools(&f, errs);
     let routes = parse_routes(&f, &pools, errs);
     f.finish(errs);
-    let tenant = TenantConfig {
+    let tenant = Arc::new(TenantConfig {
         id: id.clone().unwrap_or_default(),
         file: file.to_path_buf(),
         hosts: hosts.iter().map(|(_, h)| h.clone()).collect(),
         pools: pools.into_iter().map(|(_, p)| p).collect(),
         routes,
-    };
+    });
     ParsedTenant { id, hosts, tenant }
 }
 
@@ -199,20 +200,34 @@ fn parse_pool(
                 None
             }
         });
-    match f.str("balance", errs) {
-        None | Some("round_robin") => {}
-        Some("least_conn") => pool.balance = Balance::LeastConn,
-        Some("random") => pool.balance = Balance::Random,
-        Some("consistent_hash") => {
-            pool.balance = Balance::ConsistentHash(hash_key.clone().unwrap_or(HashKey::ClientIp))
+    let balance_ok = match f.str("balance", errs) {
+        None | Some("round_robin") => true,
+        Some("least_conn") => {
+            pool.balance = Balance::LeastConn;
+            true
         }
-        Some(other) => errs.push(
-            file,
-            f.path("balance"),
-            format!("`{other}` is not one of round_robin, least_conn, consistent_hash, random"),
-        ),
-    }
-    if f.get("hash_key").is_some() && !matches!(pool.balance, Balance::ConsistentHash(_)) {
+        Some("random") => {
+            pool.balance = Balance::Random;
+            true
+        }
+        Some("consistent_hash") => {
+            pool.balance = Balance::ConsistentHash(hash_key.clone().unwrap_or(HashKey::ClientIp));
+            true
+        }
+        Some(other) => {
+            errs.push(
+                file,
+                f.path("balance"),
+                format!("`{other}` is not one of round_robin, least_conn, consistent_hash, random"),
+            );
+            false
+        }
+    };
+    // When balance itself is wrong (say a misspelt "consistent_hash"), that one error is enough.
+    if balance_ok
+        && f.get("hash_key").is_some()
+        && !matches!(pool.balance, Balance::ConsistentHash(_))
+    {
         errs.push(
             file,
             f.path("hash_key"),
@@ -332,14 +347,19 @@ fn parse_health(
     let healthy_after = f.int("healthy_after", 1..=100, errs);
     let unhealthy_after = f.int("unhealthy_after", 1..=100, errs);
     let probe = match (path, tcp) {
-        (Some(p), None | Some(false)) if p.starts_with('/') => Some(Probe::Http {
-            path: p.to_string(),
-            host: host.unwrap_or(probe_host).to_string(),
-        }),
-        (Some(_), None | Some(false)) => {
+        (Some(p), None | Some(false)) if !p.starts_with('/') => {
             errs.push(file, f.path("path"), "must start with /");
             None
         }
+        // The path goes into a request line as is: it must be a valid path (and query).
+        (Some(p), None | Some(false)) if p.parse::<http::uri::PathAndQuery>().is_err() => {
+            errs.push(file, f.path("path"), "not a valid request path");
+            None
+        }
+        (Some(p), None | Some(false)) => Some(Probe::Http {
+            path: p.to_string(),
+            host: host.unwrap_or(probe_host).to_string(),
+        }),
         (None, Some(true)) => Some(Probe::Tcp),
         (Some(_), Some(true)) => {
             errs.push(
@@ -349,6 +369,8 @@ fn parse_health(
             );
             None
         }
+        // A path or tcp of the wrong type was reported already; do not pile on.
+        (None, _) if f.get("path").is_some() || f.get("tcp").is_some_and(|v| !v.is_bool()) => None,
         (None, _) => {
             errs.push(
                 file,
@@ -358,8 +380,15 @@ fn parse_health(
             None
         }
     };
-    if host.is_some() && matches!(probe, Some(Probe::Tcp)) {
-        errs.push(file, f.path("host"), "only applies to an HTTP check (path)");
+    if let Some(h) = host {
+        if matches!(probe, Some(Probe::Tcp)) {
+            errs.push(file, f.path("host"), "only applies to an HTTP check (path)");
+        } else if h.is_empty()
+            || h.contains(char::is_whitespace)
+            || http::HeaderValue::from_str(h).is_err()
+        {
+            errs.push(file, f.path("host"), "not a valid Host header value");
+        }
     }
     let interval = interval.unwrap_or(Duration::from_secs(5));
     let timeout = timeout.unwrap_or(Duration::from_secs(1).min(interval));
@@ -382,12 +411,28 @@ fn parse_routes(
     errs: &mut ConfigErrors,
 ) -> Vec<RouteConfig> {
     let Some(list) = f.array("routes", errs) else {
+        if f.get("routes").is_some() {
+            return Vec::new(); // of the wrong type, reported already
+        }
         return match pools {
             [] if f.get("pools").is_none() => {
                 errs.push(
                     f.file,
                     "",
                     "the tenant has neither pools nor routes: nothing to serve",
+                );
+                Vec::new()
+            }
+            // `pools = {}`: said explicitly, but still nothing to serve.
+            [] if f
+                .get("pools")
+                .and_then(Value::as_table)
+                .is_some_and(Table::is_empty) =>
+            {
+                errs.push(
+                    f.file,
+                    "pools",
+                    "no pools and no routes: the tenant has nothing to serve",
                 );
                 Vec::new()
             }
@@ -406,6 +451,14 @@ fn parse_routes(
             }
         };
     };
+    if list.is_empty() {
+        // An explicit empty list would answer 404 to everything: surely not what was meant.
+        let hint = match pools {
+            [_] => " (leave `routes` out to send everything to the only pool)",
+            _ => "",
+        };
+        errs.push(f.file, "routes", format!("needs at least one route{hint}"));
+    }
     let mut routes: Vec<RouteConfig> = Vec::new();
     for (i, v) in list.iter().enumerate() {
         let key = format!("routes[{i}]");
@@ -437,12 +490,19 @@ fn parse_route(
 ) -> Option<RouteConfig> {
     let f = Fields::new(file, key, t, ROUTE_KEYS);
     f.require("path_prefix", errs);
-    let prefix = f.str("path_prefix", errs);
-    if let Some(p) = prefix {
-        if !p.starts_with('/') {
-            errs.push(file, f.path("path_prefix"), "must start with /");
-        }
-    }
+    let prefix = f.str("path_prefix", errs).filter(|p| {
+        let reason = if !p.starts_with('/') {
+            "must start with /"
+        } else if p.contains(|c: char| c == '?' || c == '#' || c.is_whitespace() || c.is_control())
+        {
+            // Such a prefix could never match a request path: it is a mistake, say so.
+            "a path prefix has no query, fragment, spaces or control characters"
+        } else {
+            return true;
+        };
+        errs.push(file, f.path("path_prefix"), reason);
+        false
+    });
     let action = match (f.str("pool", errs), f.table("respond", errs)) {
         (Some(name), None) => match pools.iter().position(|(n, _)| n == name) {
             Some(i) => Some(RouteAction::Pool(i)),
@@ -472,7 +532,7 @@ fn parse_route(
     };
     f.finish(errs);
     Some(RouteConfig {
-        path_prefix: prefix.filter(|p| p.starts_with('/'))?.to_string(),
+        path_prefix: prefix?.to_string(),
         action: action?,
     })
 }

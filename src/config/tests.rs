@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::model::*;
 use super::*;
 
-fn tenants(files: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+pub(super) fn tenants(files: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
     let files: Vec<(PathBuf, String)> = files
         .iter()
         .map(|(n, t)| (PathBuf::from(format!("/c/tenants.d/{n}")), t.to_string()))
@@ -15,7 +15,7 @@ fn tenants(files: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
 }
 
 /// (file name, key) of every error, for exact assertions.
-fn keys(r: Result<Config, ConfigErrors>) -> Vec<(String, String)> {
+pub(super) fn keys(r: Result<Config, ConfigErrors>) -> Vec<(String, String)> {
     r.expect_err("expected errors")
         .0
         .into_iter()
@@ -28,8 +28,15 @@ fn keys(r: Result<Config, ConfigErrors>) -> Vec<(String, String)> {
         .collect()
 }
 
-fn k(file: &str, key: &str) -> (String, String) {
+pub(super) fn k(file: &str, key: &str) -> (String, String) {
     (file.to_string(), key.to_string())
+}
+
+/// One pool named `p` and what else the test needs, for short focused tests.
+pub(super) fn one_pool(pool_extra: &str, rest: &str) -> String {
+    format!(
+        "id = \"a\"\nhosts = [\"a.test\"]\n[pools.p]\nbackends = [\"127.0.0.1:1\"]\n{pool_extra}\n{rest}"
+    )
 }
 
 const FULL: &str = r#"
@@ -210,6 +217,7 @@ passive = { failures = 0 }
 
 [pools.empty]
 backends = []
+hash_key = "path"
 
 [[routes]]
 path_prefix = "api"
@@ -231,13 +239,14 @@ respond = { status = 99, headers = { "content-length" = "3" } }
             k("bad.toml", "hosts[1]"),
             k("bad.toml", "hosts[2]"),
             k("bad.toml", "pools.empty.backends"),
+            k("bad.toml", "pools.empty.hash_key"),
             k("bad.toml", "pools.web.backends[0]"),
             k("bad.toml", "pools.web.backends[1].weight"),
             k("bad.toml", "pools.web.backends[2].addr"),
             k("bad.toml", "pools.web.backends[2].adr"),
             k("bad.toml", "pools.web.backends[3]"),
+            // No hash_key error beside a wrong balance: one mistake, one error.
             k("bad.toml", "pools.web.balance"),
-            k("bad.toml", "pools.web.hash_key"),
             k("bad.toml", "pools.web.connect_timeout"),
             k("bad.toml", "pools.web.health.path"),
             k("bad.toml", "pools.web.health.timeout"),
@@ -274,25 +283,63 @@ fn structural_errors() {
 }
 
 #[test]
-fn load_reads_the_tenants_dir_and_skips_editor_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let main = dir.path().join("porteiro.toml");
-    std::fs::write(&main, "[server]\ntenants_dir = \"t\"\n").unwrap();
-    std::fs::create_dir(dir.path().join("t")).unwrap();
-    let tenant = "id = \"a\"\nhosts = [\"a.test\"]\n[pools.p]\nbackends = [\"127.0.0.1:1\"]\n";
-    std::fs::write(dir.path().join("t/a.toml"), tenant).unwrap();
-    std::fs::write(dir.path().join("t/.a.toml.swp"), "garbage").unwrap();
-    std::fs::write(dir.path().join("t/a.toml~"), "garbage").unwrap();
-    std::fs::write(dir.path().join("t/notes.txt"), "garbage").unwrap();
-    let c = load(&main).unwrap();
-    assert_eq!(c.tenants.len(), 1);
-    assert_eq!(c.server.tenants_dir, dir.path().join("t"));
-    assert_eq!(c.sources, vec![main.clone(), dir.path().join("t/a.toml")]);
+fn exact_and_wildcard_of_one_name_may_belong_to_different_tenants() {
+    let a = "id = \"a\"\nhosts = [\"w.test\"]\n[pools.p]\nbackends = [\"127.0.0.1:1\"]\n";
+    let b = "id = \"b\"\nhosts = [\"*.w.test\", \"x.w.test\"]\n[pools.p]\nbackends = [\"127.0.0.1:1\"]\n";
+    let c = tenants(&[("a.toml", a), ("b.toml", b)]).unwrap();
+    assert_eq!(c.tenants.len(), 2);
+}
 
-    std::fs::write(&main, "[server]\ntenants_dir = \"missing\"\n").unwrap();
-    let errs = load(&main).unwrap_err();
-    assert_eq!(errs.0[0].key, "server.tenants_dir");
+#[test]
+fn a_wildcard_claimed_twice_is_refused_in_the_later_file() {
+    let t = |id: &str| {
+        format!("id = \"{id}\"\nhosts = [\"*.W.test\"]\n[pools.p]\nbackends = [\"127.0.0.1:1\"]\n")
+    };
+    let errs = tenants(&[("z.toml", &t("z")), ("m.toml", &t("m"))]).unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs.0[0].file, Path::new("/c/tenants.d/z.toml"));
+    assert_eq!(errs.0[0].key, "hosts[0]");
+    assert_eq!(
+        errs.0[0].reason,
+        "`*.w.test` is already claimed by tenant `m` in /c/tenants.d/m.toml"
+    );
+}
 
-    let errs = load(&dir.path().join("nope.toml")).unwrap_err();
-    assert!(errs.0[0].reason.starts_with("cannot read"), "{errs}");
+#[test]
+fn a_tenant_with_errors_still_claims_its_hosts_and_id() {
+    let a = one_pool("retries = 11", "");
+    let b = "id = \"a\"\nhosts = [\"a.test\"]\n[pools.p]\nbackends = [\"127.0.0.1:1\"]\n";
+    assert_eq!(
+        keys(tenants(&[("a.toml", &a), ("b.toml", b)])),
+        vec![
+            k("a.toml", "pools.p.retries"),
+            k("b.toml", "id"),
+            k("b.toml", "hosts[0]")
+        ]
+    );
+    // A file that is not TOML claims nothing: only its own syntax error is reported.
+    assert_eq!(
+        keys(tenants(&[("a.toml", "id = \"a"), ("b.toml", b)])),
+        vec![k("a.toml", "")]
+    );
+}
+
+#[test]
+fn the_shipped_examples_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let files = vec![
+        (
+            root.join("conf/examples/acme.toml"),
+            read("conf/examples/acme.toml"),
+        ),
+        (
+            root.join("conf/tenants.d/demo.toml"),
+            read("conf/tenants.d/demo.toml"),
+        ),
+    ];
+    let main = root.join("conf/porteiro.toml");
+    let c = parse(&main, &read("conf/porteiro.toml"), &files).unwrap();
+    assert_eq!(c.tenants.len(), 2);
+    assert_eq!(c.server.tenants_dir, root.join("conf/tenants.d"));
 }
