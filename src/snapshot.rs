@@ -2,6 +2,7 @@
 //! pools, and the health targets. Immutable once built; a reload builds a new one and swaps it
 //! in with one atomic store. A request loads it once and keeps that `Arc` to its end.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -25,7 +26,7 @@ pub struct Snapshot {
     pub loaded_at: SystemTime,
     pub digest: String,
     pub hosts: HostTable<u32>,
-    pub tenants: Vec<Tenant>,
+    pub tenants: Vec<Arc<Tenant>>,
     pub unknown_host_status: u16,
     pub trusted_proxies: Vec<IpNet>,
     pub health: HealthRegistry,
@@ -34,6 +35,9 @@ pub struct Snapshot {
 
 #[derive(Debug)]
 pub struct Tenant {
+    /// The validated config this tenant was compiled from; an unchanged file yields the same
+    /// `Arc`, which lets the next generation reuse the compiled tenant.
+    pub config: Arc<TenantConfig>,
     pub id: Arc<str>,
     /// `X-Tenant-Id` value, built once.
     pub id_header: HeaderValue,
@@ -72,11 +76,26 @@ impl Snapshot {
         let mut hosts = HostTable::with_capacity(host_count, host_count / 2);
         let mut health = HealthRegistry::default();
         let mut tenants = Vec::with_capacity(config.tenants.len());
+        let reusable: HashMap<*const TenantConfig, &Arc<Tenant>> = previous
+            .map(|p| {
+                p.tenants
+                    .iter()
+                    .map(|t| (Arc::as_ptr(&t.config), t))
+                    .collect()
+            })
+            .unwrap_or_default();
         for (index, tc) in config.tenants.iter().enumerate() {
             for pattern in &tc.hosts {
                 hosts.insert(pattern, index as u32);
             }
-            tenants.push(build_tenant(tc, &mut health, previous.map(|p| &p.health)));
+            let tenant = match reusable.get(&Arc::as_ptr(tc)) {
+                Some(&same) => {
+                    adopt_health(same, &mut health);
+                    same.clone()
+                }
+                None => Arc::new(build_tenant(tc, &mut health, previous.map(|p| &p.health))),
+            };
+            tenants.push(tenant);
         }
         let health_targets = health.targets();
         Snapshot {
@@ -107,8 +126,21 @@ impl Snapshot {
     }
 }
 
+/// Registers the backend states of a tenant carried over unchanged.
+fn adopt_health(tenant: &Tenant, health: &mut HealthRegistry) {
+    for (pool, pc) in tenant.pools.iter().zip(&tenant.config.pools) {
+        for backend in &pool.backends {
+            let key = HealthKey {
+                addr: backend.addr,
+                check: pc.health.clone(),
+            };
+            health.adopt(key, &backend.state, format!("{}/{}", tenant.id, pool.name));
+        }
+    }
+}
+
 fn build_tenant(
-    tc: &TenantConfig,
+    tc: &Arc<TenantConfig>,
     health: &mut HealthRegistry,
     previous: Option<&HealthRegistry>,
 ) -> Tenant {
@@ -145,6 +177,7 @@ fn build_tenant(
         })
         .collect();
     Tenant {
+        config: tc.clone(),
         id: tc.id.as_str().into(),
         // Validation restricts ids to [a-z0-9_-], always a valid header value.
         id_header: HeaderValue::from_str(&tc.id).unwrap_or(HeaderValue::from_static("invalid")),

@@ -95,6 +95,8 @@ struct State {
     /// The server settings of the configuration serving now.
     current: ServerConfig,
     status: Status,
+    /// Parsed tenant files of the last load, so a reload re-parses only what changed.
+    cache: config::ParseCache,
 }
 
 pub struct Reloader {
@@ -115,6 +117,7 @@ impl Reloader {
                 started_with: config.server.clone(),
                 current: config.server.clone(),
                 status,
+                cache: config::ParseCache::default(),
             }),
         }
     }
@@ -124,7 +127,7 @@ impl Reloader {
     pub fn reload(&self, trigger: Trigger) -> Outcome {
         let mut state = self.lock();
         let started = Instant::now();
-        let config = match config::load(&self.main_file) {
+        let config = match config::load_cached(&self.main_file, &mut state.cache) {
             Ok(c) => c,
             Err(errors) => {
                 tracing::error!(

@@ -63,6 +63,15 @@ impl HealthRegistry {
         entry.0.clone()
     }
 
+    /// Registers a backend state carried over as is (its tenant did not change).
+    pub fn adopt(&mut self, key: HealthKey, state: &Arc<BackendState>, user: String) {
+        self.states
+            .entry(key)
+            .or_insert_with(|| (state.clone(), Vec::new()))
+            .1
+            .push(user);
+    }
+
     /// Every actively checked backend once.
     pub fn targets(&self) -> Vec<Arc<HealthTarget>> {
         self.states
