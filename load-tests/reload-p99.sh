@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Request latency with N tenants configured (default 100,000), steady and while the
+# configuration is reloaded every 2 seconds. Loopback only; stops by itself.
+#
+#   load-tests/reload-p99.sh [TENANTS] [SECONDS]
+#
+# Needs: nginx (backend), wrk, curl, python3. Uses target/release/porteiro (make it first).
+set -euo pipefail
+N=${1:-100000}; D=${2:-20}
+here=$(cd "$(dirname "$0")/.." && pwd)
+bin=${PORTEIRO:-$here/target/release/porteiro}
+W=$(mktemp -d /tmp/reload-p99.XXXX)
+PORT=18490; ADMIN=18491; BACK=18492
+cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; sleep 0.5; rm -rf "$W"; }
+PIDS=(); trap cleanup EXIT
+
+head -c 1024 /dev/zero | tr '\0' x > "$W/body"
+cat > "$W/backend.conf" <<NG
+worker_processes 1; daemon off; pid $W/backend.pid; error_log $W/backend.err; user root;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 10000000;
+  server { listen 127.0.0.1:$BACK; location / { root $W; try_files /body =404; } } }
+NG
+taskset -c 1 nginx -c "$W/backend.conf" & PIDS+=($!)
+
+python3 - "$W" "$N" "$PORT" "$ADMIN" "$BACK" <<'PY'
+import os, sys
+w, n, port, admin, back = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+os.makedirs(f"{w}/tenants.d")
+open(f"{w}/porteiro.toml", "w").write(
+    f'[server]\nlisten = ["127.0.0.1:{port}"]\nadmin = "127.0.0.1:{admin}"\nthreads = 1\nwatch = false\n')
+for i in range(n):
+    b = f"127.0.0.1:{back}" if i == 0 else f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}:8080"
+    open(f"{w}/tenants.d/t{i:06}.toml", "w").write(
+        f'id = "t{i}"\nhosts = ["t{i}.example.com", "*.t{i}.example.net"]\n[pools.web]\nbackends = ["{b}"]\n')
+PY
+
+RUST_LOG=warn taskset -c 0 "$bin" run -c "$W/porteiro.toml" > "$W/porteiro.log" 2>&1 & PIDS+=($!)
+for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$ADMIN/-/ready" >/dev/null && break; sleep 0.1; done
+rss() { awk '/VmRSS/ {print int($2/1024)}' /proc/"${PIDS[1]}"/status; }
+echo "porteiro with $N tenants is ready; RSS $(rss) MiB"
+
+run_wrk() { taskset -c 1 wrk -t1 -c16 -d"${D}s" --latency -H "Host: t0.example.com" "http://127.0.0.1:$PORT/"; }
+summary() { awk '/50%|99%|Requests\/sec|Non-2xx|Socket errors|requests in/'; }
+
+echo "--- steady"
+run_wrk | summary
+
+echo "--- reloading every 2s"
+(
+  end=$((SECONDS + D))
+  i=0
+  while [ $SECONDS -lt $end ]; do
+    i=$((i + 1))
+    printf 'id = "t1"\nhosts = ["t1.example.com"]\n[pools.web]\nbackends = ["10.255.0.%d:8080"]\n' $((i % 250)) > "$W/tenants.d/t000001.toml"
+    curl -s -X POST "http://127.0.0.1:$ADMIN/-/reload" | tr -d '\n ' ; echo
+    sleep 2
+  done
+) > "$W/reloads.log" &
+run_wrk | summary
+wait
+echo "reloads: $(grep -c applied "$W/reloads.log") applied, $(grep -vc applied "$W/reloads.log") not applied"
+curl -s "http://127.0.0.1:$ADMIN/-/config" | grep -E '"generation"|last_reload_ms'
+echo "RSS after reloads $(rss) MiB"
