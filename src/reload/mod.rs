@@ -3,6 +3,7 @@
 //! the state of unchanged backends) -> one atomic swap. On any error nothing changes and the
 //! errors are kept for the status endpoint.
 
+mod background;
 mod triggers;
 
 use std::path::{Path, PathBuf};
@@ -165,8 +166,10 @@ impl Reloader {
         }
         let generation = current.generation + 1;
         let next = Snapshot::build(&config, generation, Some(&current));
-        self.snapshot.store(Arc::new(next));
+        drop(current);
+        let previous = self.snapshot.swap(Arc::new(next));
         let took = started.elapsed();
+        background::retire(previous);
 
         let restart_required = restart_required(&state.started_with, &config.server);
         for key in &restart_required {
@@ -189,6 +192,12 @@ impl Reloader {
             "configuration reloaded"
         );
         Outcome::Applied { generation }
+    }
+
+    /// `reload` on a low-priority thread of its own, for async callers.
+    pub async fn reload_in_background(self: &Arc<Self>, trigger: Trigger) -> Option<Outcome> {
+        let reloader = self.clone();
+        background::run_low_priority("porteiro-reload", move || reloader.reload(trigger)).await
     }
 
     pub fn status(&self) -> Status {

@@ -59,8 +59,7 @@ impl BackgroundService for ConfigWatcher {
                 got = rx.recv() => if got.is_none() { return },
             }
             settle(&mut rx).await;
-            let reloader = self.reloader.clone();
-            let _ = tokio::task::spawn_blocking(move || reloader.reload(Trigger::File)).await;
+            self.reloader.reload_in_background(Trigger::File).await;
             rewatch(&mut watcher, &mut watched, self.reloader.watched_dirs());
         }
     }
@@ -134,8 +133,7 @@ impl BackgroundService for HangupReloader {
                 _ = shutdown.changed() => return,
                 got = hangups.recv() => if got.is_none() { return },
             }
-            let reloader = self.reloader.clone();
-            let _ = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Signal)).await;
+            self.reloader.reload_in_background(Trigger::Signal).await;
         }
     }
 }
