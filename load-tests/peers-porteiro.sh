@@ -2,25 +2,49 @@
 # Runs porteiro the way ../shared/bench/peers.sh expects a proxy: it reads BACKEND (ip:port),
 # CERT, KEY and WORK from the environment, writes a one-tenant config for Host t0.example.com
 # into $WORK and execs porteiro on PORT (first argument, default 18090) with one worker thread.
+# With "tls" as second argument PORT is a TLS listener serving CERT/KEY (for peers.sh -s tls).
 #
 #   peers.sh -p "porteiro=$PWD/load-tests/peers-porteiro.sh 18090@18090"
+#   peers.sh -s tls -p "porteiro=$PWD/load-tests/peers-porteiro.sh 18090 tls@18090"
 #
 # PORTEIRO overrides the binary (default: target/release/porteiro next to this script).
 set -euo pipefail
 port=${1:-18090}
+mode=${2:-plain}
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${PORTEIRO:-$here/target/release/porteiro}
 dir=$WORK/porteiro
 mkdir -p "$dir/tenants.d"
-cat > "$dir/porteiro.toml" <<TOML
+if [ "$mode" = tls ]; then
+  # Certificates get a directory of their own, as in production: porteiro watches it for
+  # rotations, and a directory others write into (logs) would wake the watcher for nothing.
+  mkdir -p "$dir/certs"; cp "$CERT" "$dir/certs/cert.pem"; cp "$KEY" "$dir/certs/key.pem"
+  CERT=$dir/certs/cert.pem; KEY=$dir/certs/key.pem
+  # The plain listener moves out of the way; wrk connects by IP, so no SNI: the default
+  # certificate answers and Host picks the tenant.
+  cat > "$dir/porteiro.toml" <<TOML
 [server]
-listen = ["127.0.0.1:$port"]
+listen = ["127.0.0.1:$((port + 1000))"]
+listen_tls = ["127.0.0.1:$port"]
+default_certificate = { cert = "$CERT", key = "$KEY" }
+admin = ""
 threads = 1
 TOML
+  tls="tls = { cert = \"$CERT\", key = \"$KEY\" }"
+else
+  cat > "$dir/porteiro.toml" <<TOML
+[server]
+listen = ["127.0.0.1:$port"]
+admin = ""
+threads = 1
+TOML
+  tls=""
+fi
 cat > "$dir/tenants.d/t0.toml" <<TOML
 id = "t0"
 hosts = ["t0.example.com"]
+$tls
 [pools.web]
 backends = ["$BACKEND"]
 TOML
-RUST_LOG=${RUST_LOG:-warn} exec "$bin" run -c "$dir/porteiro.toml"
+RUST_LOG=${RUST_LOG:-warn,rustls=error} exec "$bin" run -c "$dir/porteiro.toml"

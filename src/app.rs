@@ -25,6 +25,8 @@ use crate::upstream::health::HealthChecker;
 pub enum StartError {
     #[error("{0}")]
     Config(ConfigErrors),
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -51,7 +53,8 @@ pub fn prepare(config_file: &Path, opts: &RunOptions) -> Result<Prepared, StartE
     let config = config::load(config_file).map_err(StartError::Config)?;
     if !opts.upgrade {
         // pingora panics deep inside a service when a bind fails; check first for one clear line.
-        for addr in config.server.listen.iter().chain(&config.server.admin) {
+        let s = &config.server;
+        for addr in s.listen.iter().chain(&s.listen_tls).chain(&s.admin) {
             TcpListener::bind(addr).map_err(|source| StartError::Listen {
                 addr: *addr,
                 source,
@@ -60,7 +63,7 @@ pub fn prepare(config_file: &Path, opts: &RunOptions) -> Result<Prepared, StartE
     }
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&config, 1, None)));
     let reloader = Arc::new(Reloader::new(config_file, &config, snapshot.clone()));
-    let server = build_server(&config, snapshot.clone(), reloader.clone(), opts);
+    let server = build_server(&config, snapshot.clone(), reloader.clone(), opts)?;
     Ok(Prepared {
         server,
         snapshot,
@@ -73,7 +76,7 @@ fn build_server(
     snapshot: Arc<SharedSnapshot>,
     reloader: Arc<Reloader>,
     opts: &RunOptions,
-) -> Server {
+) -> Result<Server, StartError> {
     let s = &config.server;
     let conf = ServerConf {
         threads: s.threads,
@@ -101,6 +104,12 @@ fn build_server(
     for addr in &s.listen {
         proxy.add_tcp(&addr.to_string());
     }
+    for addr in &s.listen_tls {
+        let settings = crate::tls::listener_settings(snapshot.clone())
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+        proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+    }
+    warn_about_certificates(config);
     server.add_service(proxy);
     server.add_service(background_service(
         "health checks",
@@ -121,7 +130,18 @@ fn build_server(
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }
-    server
+    Ok(server)
+}
+
+/// TLS listeners that can only refuse handshakes deserve a word at start-up.
+fn warn_about_certificates(config: &Config) {
+    if config.server.listen_tls.is_empty() {
+        return;
+    }
+    let m = &config.material;
+    if m.default_cert.is_none() && m.tenant_certs.iter().all(Option::is_none) {
+        tracing::warn!("TLS listeners are configured but no tenant has `tls` and there is no default_certificate: every handshake will be refused");
+    }
 }
 
 /// SIGHUP's default action ends the process. Until the reload service installs its handler,

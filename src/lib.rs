@@ -13,4 +13,5 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;

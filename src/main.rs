@@ -12,6 +12,10 @@ use porteiro::snapshot::Snapshot;
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
+/// rustls warns about every client that misbehaves (an IP address as SNI, say): client noise,
+/// not operator news.
+const DEFAULT_LOG_FILTER: &str = "info,rustls=error";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -51,7 +55,8 @@ fn check(path: &std::path::Path) -> ExitCode {
 fn run(path: &std::path::Path, upgrade: bool) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
         )
         .init();
     app::ignore_hangup_until_handled();

@@ -12,7 +12,11 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-use crate::config::model::{Config, RouteAction, StaticResponse, TenantConfig};
+use rustls::sign::CertifiedKey;
+
+use crate::config::model::{
+    CaBundle, Config, LoadedCert, RouteAction, StaticResponse, TenantConfig,
+};
 use crate::routing::{HostTable, PathRoutes};
 use crate::upstream::health::{HealthKey, HealthRegistry, HealthTarget};
 use crate::upstream::{Pool, Thresholds};
@@ -31,6 +35,10 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<IpNet>,
     pub health: HealthRegistry,
     pub health_targets: Vec<Arc<HealthTarget>>,
+    /// For TLS clients without SNI, or naming a host no tenant claims.
+    pub default_cert: Option<Arc<LoadedCert>>,
+    /// Where `https_redirect` sends clients.
+    pub https_port: u16,
 }
 
 #[derive(Debug)]
@@ -43,6 +51,9 @@ pub struct Tenant {
     pub id_header: HeaderValue,
     pub routes: PathRoutes<Route>,
     pub pools: Vec<Arc<Pool>>,
+    pub cert: Option<Arc<LoadedCert>>,
+    pub https_redirect: bool,
+    pub hsts: Option<HeaderValue>,
 }
 
 #[derive(Debug, Clone)]
@@ -84,16 +95,26 @@ impl Snapshot {
                     .collect()
             })
             .unwrap_or_default();
+        let m = &config.material;
         for (index, tc) in config.tenants.iter().enumerate() {
             for pattern in &tc.hosts {
                 hosts.insert(pattern, index as u32);
             }
+            let keys = TenantKeys {
+                cert: m.tenant_certs.get(index).cloned().flatten(),
+                pool_cas: m.pool_cas.get(index).cloned().unwrap_or_default(),
+            };
             let tenant = match reusable.get(&Arc::as_ptr(tc)) {
-                Some(&same) => {
+                Some(&same) if keys.same_as(same) => {
                     adopt_health(same, &mut health);
                     same.clone()
                 }
-                None => Arc::new(build_tenant(tc, &mut health, previous.map(|p| &p.health))),
+                _ => Arc::new(build_tenant(
+                    tc,
+                    keys,
+                    &mut health,
+                    previous.map(|p| &p.health),
+                )),
             };
             tenants.push(tenant);
         }
@@ -108,7 +129,25 @@ impl Snapshot {
             trusted_proxies: config.server.trusted_proxies.clone(),
             health,
             health_targets,
+            default_cert: m.default_cert.clone(),
+            https_port: config.server.https_port,
         }
+    }
+
+    /// The certificate for a TLS handshake: the tenant claiming the SNI name (exact, then the
+    /// longest wildcard), else the default certificate; `None` refuses the handshake.
+    pub fn certificate_for(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let tenant_cert = sni
+            .and_then(|name| self.hosts.lookup(name))
+            .and_then(|&i| self.tenants[i as usize].cert.as_ref());
+        tenant_cert
+            .or(self.default_cert.as_ref())
+            .map(|c| c.certified.clone())
+    }
+
+    /// The tenant index a TLS client's SNI names, for the SNI/Host consistency check.
+    pub fn tenant_for_sni(&self, sni: &str) -> Option<u32> {
+        self.hosts.lookup(sni).copied()
     }
 
     pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
@@ -139,15 +178,46 @@ fn adopt_health(tenant: &Tenant, health: &mut HealthRegistry) {
     }
 }
 
+/// The loaded files a compiled tenant depends on besides its own config file.
+struct TenantKeys {
+    cert: Option<Arc<LoadedCert>>,
+    pool_cas: Vec<Option<Arc<CaBundle>>>,
+}
+
+impl TenantKeys {
+    /// Whether `tenant` was built from exactly these files (the same loaded values).
+    fn same_as(&self, tenant: &Tenant) -> bool {
+        let same = |a: Option<&Arc<CaBundle>>, b: Option<&Arc<CaBundle>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let cert_same = match (&self.cert, &tenant.cert) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        cert_same
+            && tenant.pools.iter().enumerate().all(|(i, p)| {
+                same(
+                    self.pool_cas.get(i).and_then(Option::as_ref),
+                    p.tls.as_ref().and_then(|t| t.ca.as_ref()),
+                )
+            })
+    }
+}
+
 fn build_tenant(
     tc: &Arc<TenantConfig>,
+    keys: TenantKeys,
     health: &mut HealthRegistry,
     previous: Option<&HealthRegistry>,
 ) -> Tenant {
     let pools: Vec<Arc<Pool>> = tc
         .pools
         .iter()
-        .map(|pc| {
+        .enumerate()
+        .map(|(i, pc)| {
             let thresholds = Thresholds {
                 healthy_after: pc.health.as_ref().map_or(1, |h| h.healthy_after),
                 unhealthy_after: pc.health.as_ref().map_or(1, |h| h.unhealthy_after),
@@ -156,7 +226,8 @@ fn build_tenant(
                 actively_checked: pc.health.is_some(),
             };
             let user = format!("{}/{}", tc.id, pc.name);
-            Arc::new(Pool::build(pc, thresholds, |addr| {
+            let ca = keys.pool_cas.get(i).cloned().flatten();
+            Arc::new(Pool::build(pc, ca, thresholds, |addr| {
                 let key = HealthKey {
                     addr,
                     check: pc.health.clone(),
@@ -183,6 +254,13 @@ fn build_tenant(
         id_header: HeaderValue::from_str(&tc.id).unwrap_or(HeaderValue::from_static("invalid")),
         routes: PathRoutes::new(routes),
         pools,
+        cert: keys.cert,
+        https_redirect: tc.https_redirect,
+        // Validation checked the value.
+        hsts: tc
+            .hsts
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok()),
     }
 }
 

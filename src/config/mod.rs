@@ -8,10 +8,12 @@ pub mod model;
 mod names;
 mod server;
 mod tenant;
+mod tls_keys;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
@@ -29,6 +31,7 @@ pub fn load(main_file: &Path) -> Result<Config, ConfigErrors> {
 #[derive(Default)]
 pub struct ParseCache {
     tenants: HashMap<PathBuf, (u64, Arc<ParsedFile>)>,
+    material: tls_keys::MaterialCache,
 }
 
 /// One tenant file's own result: what it defines and the errors found inside it.
@@ -194,16 +197,21 @@ fn parse_cached(
     cache
         .tenants
         .retain(|path, _| present.contains(path.as_path()));
+    let base = main_file.parent().unwrap_or(Path::new("."));
+    let loaded = tls_keys::MaterialLoader::new(base, &mut cache.material, SystemTime::now())
+        .load(main_file, &server, &tenants, &mut errs);
     if !errs.is_empty() {
         return Err(errs);
     }
     let mut sources = vec![main_file.to_path_buf()];
     sources.extend(files.iter().map(|(p, _)| p.clone()));
+    sources.extend(loaded.files.iter().map(|(p, _)| p.clone()));
     Ok(Config {
         server,
         tenants,
         sources,
-        digest: digest(main_file, main_text, &files),
+        digest: digest(main_file, main_text, &files, &loaded.files),
+        material: loaded.material,
     })
 }
 
@@ -283,7 +291,12 @@ fn read_tenant_files(
 
 /// Every piece is length-prefixed, so bytes moving between a name and a text, or between two
 /// files, change the digest: a reload skips a config whose digest it already runs.
-fn digest(main_file: &Path, main_text: &str, files: &[&(PathBuf, String)]) -> String {
+fn digest(
+    main_file: &Path,
+    main_text: &str,
+    files: &[&(PathBuf, String)],
+    key_files: &[(PathBuf, u64)],
+) -> String {
     let mut h = StableHasher::default();
     let mut piece = |bytes: &[u8]| {
         h.write(&(bytes.len() as u64).to_le_bytes()).write(bytes);
@@ -293,6 +306,11 @@ fn digest(main_file: &Path, main_text: &str, files: &[&(PathBuf, String)]) -> St
     for (path, text) in files {
         piece(path.as_os_str().as_encoded_bytes());
         piece(text.as_bytes());
+    }
+    // Certificates, keys and CAs by the hash of their bytes: rotating one is a change.
+    for (path, hash) in key_files {
+        piece(path.as_os_str().as_encoded_bytes());
+        piece(&hash.to_le_bytes());
     }
     format!("{:016x}", h.finish())
 }

@@ -4,26 +4,65 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+
+pub use crate::tls::{CaBundle, LoadedCert};
 
 /// The whole configuration: server settings plus every tenant, in file-name order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub server: ServerConfig,
     /// Shared, so a reload that leaves a tenant file alone reuses its parsed tenant as is.
-    pub tenants: Vec<std::sync::Arc<TenantConfig>>,
+    pub tenants: Vec<Arc<TenantConfig>>,
     /// The files this configuration was read from (main file first), for status and reload.
     pub sources: Vec<PathBuf>,
     /// A digest over the bytes of every source file, so status can tell which edit is live.
     pub digest: String,
+    /// Certificates and CA bundles read from the files the configuration names.
+    pub material: Material,
+}
+
+/// Key material loaded (and checked) while loading the configuration, shared by `Arc` so an
+/// unchanged file yields the same value on the next reload.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Material {
+    /// Parallel to `Config::tenants`: each tenant's certificate, if it has `tls`.
+    pub tenant_certs: Vec<Option<Arc<LoadedCert>>>,
+    /// Parallel to `Config::tenants`, then to each tenant's pools: the pool's `ca_file`.
+    pub pool_cas: Vec<Vec<Option<Arc<CaBundle>>>>,
+    pub default_cert: Option<Arc<LoadedCert>>,
+}
+
+/// A certificate file and its key, as written in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// TLS towards a pool's backends.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// Sent as SNI and verified against the backend's certificate.
+    pub sni: String,
+    /// Verify against this CA bundle instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
 }
 
 /// `[server]` in the main file. Listener addresses and threads need a restart to change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
+    /// TLS listeners (HTTP/1.1 and HTTP/2 by ALPN).
+    pub listen_tls: Vec<SocketAddr>,
+    /// Served to clients that send no SNI, or a name no tenant claims; `None` refuses them.
+    pub default_certificate: Option<TlsFiles>,
+    /// The port `https_redirect` sends clients to (443 is left out of the URL).
+    pub https_port: u16,
     pub threads: usize,
     pub tenants_dir: PathBuf,
     pub unknown_host_status: u16,
@@ -54,6 +93,12 @@ pub struct TenantConfig {
     pub pools: Vec<PoolConfig>,
     /// Routes as written. A tenant with one pool and no routes gets a single `/` route to it.
     pub routes: Vec<RouteConfig>,
+    /// The certificate served for this tenant's hosts on the TLS listeners.
+    pub tls: Option<TlsFiles>,
+    /// Plain-HTTP requests get a 308 to the https URL.
+    pub https_redirect: bool,
+    /// `Strict-Transport-Security` value added to responses sent over TLS.
+    pub hsts: Option<String>,
 }
 
 /// A hostname a tenant claims: lowercase, no port, no trailing dot.
@@ -86,6 +131,9 @@ pub struct PoolConfig {
     pub passive_cooldown: Duration,
     /// Consecutive passive failures that take a backend out (also used without active checks).
     pub passive_failures: u32,
+    pub tls: Option<UpstreamTls>,
+    /// Offer HTTP/2 to TLS backends (ALPN h2, falling back to HTTP/1.1).
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -126,6 +174,13 @@ pub enum Probe {
     Tcp,
     /// `GET path` with the tenant's first exact host (or `host` if set) as Host; 2xx/3xx passes.
     Http { path: String, host: String },
+    /// The same over TLS, for pools with `tls = true`. The handshake must complete; the
+    /// certificate is not verified here (a verification failure shows on real requests).
+    Https {
+        path: String,
+        host: String,
+        sni: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -10,10 +10,14 @@ use toml::Table;
 use super::error::ConfigErrors;
 use super::fields::Fields;
 use super::model::ServerConfig;
+use super::tls_keys::parse_tls_files;
 
 const TOP_KEYS: &[&str] = &["server"];
 const SERVER_KEYS: &[&str] = &[
     "listen",
+    "listen_tls",
+    "default_certificate",
+    "https_port",
     "threads",
     "tenants_dir",
     "unknown_host_status",
@@ -29,6 +33,9 @@ const SERVER_KEYS: &[&str] = &[
 pub fn defaults() -> ServerConfig {
     ServerConfig {
         listen: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
+        listen_tls: Vec::new(),
+        default_certificate: None,
+        https_port: 443,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         tenants_dir: PathBuf::from("tenants.d"),
         unknown_host_status: 404,
@@ -53,25 +60,19 @@ pub fn parse(file: &Path, top: &Table, errs: &mut ConfigErrors) -> ServerConfig 
     };
     let f = Fields::new(file, "server", table, SERVER_KEYS);
     if let Some(list) = f.array("listen", errs) {
-        let mut listen = Vec::new();
-        for (i, v) in list.iter().enumerate() {
-            let key = format!("server.listen[{i}]");
-            match v.as_str().map(str::parse::<SocketAddr>) {
-                Some(Ok(addr)) if listen.contains(&addr) => {
-                    errs.push(file, key, format!("{addr} is listed twice"))
-                }
-                Some(Ok(addr)) => listen.push(addr),
-                _ => errs.push(
-                    file,
-                    key,
-                    "expected \"ip:port\", such as \"0.0.0.0:8080\" or \"[::]:8080\"",
-                ),
-            }
-        }
+        s.listen = parse_addrs(file, "server.listen", list, &[], errs);
         if list.is_empty() {
             errs.push(file, "server.listen", "needs at least one address");
         }
-        s.listen = listen;
+    }
+    if let Some(list) = f.array("listen_tls", errs) {
+        s.listen_tls = parse_addrs(file, "server.listen_tls", list, &s.listen, errs);
+    }
+    if let Some(t) = f.table("default_certificate", errs) {
+        s.default_certificate = parse_tls_files(file, "server.default_certificate", t, errs);
+    }
+    if let Some(n) = f.int("https_port", 1..=65535, errs) {
+        s.https_port = n as u16;
     }
     if let Some(n) = f.int("threads", 1..=1024, errs) {
         s.threads = n as usize;
@@ -144,6 +145,32 @@ pub fn parse(file: &Path, top: &Table, errs: &mut ConfigErrors) -> ServerConfig 
     }
     f.finish(errs);
     s
+}
+
+/// A list of "ip:port" strings, each at most once, none already in `taken`.
+fn parse_addrs(
+    file: &Path,
+    key: &str,
+    list: &[toml::Value],
+    taken: &[SocketAddr],
+    errs: &mut ConfigErrors,
+) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        let at = format!("{key}[{i}]");
+        match v.as_str().map(str::parse::<SocketAddr>) {
+            Some(Ok(addr)) if out.contains(&addr) || taken.contains(&addr) => {
+                errs.push(file, at, format!("{addr} is listed twice"))
+            }
+            Some(Ok(addr)) => out.push(addr),
+            _ => errs.push(
+                file,
+                at,
+                "expected \"ip:port\", such as \"0.0.0.0:8080\" or \"[::]:8080\"",
+            ),
+        }
+    }
+    out
 }
 
 /// "10.0.0.0/8", or a bare address meaning just that host.

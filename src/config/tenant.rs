@@ -11,8 +11,17 @@ use super::error::ConfigErrors;
 use super::fields::Fields;
 use super::model::*;
 use super::names::{check_id, parse_host_pattern};
+use super::tls_keys::{check_hsts, parse_tls_files, parse_upstream_tls};
 
-const TENANT_KEYS: &[&str] = &["id", "hosts", "pools", "routes"];
+const TENANT_KEYS: &[&str] = &[
+    "id",
+    "hosts",
+    "pools",
+    "routes",
+    "tls",
+    "https_redirect",
+    "hsts",
+];
 const POOL_KEYS: &[&str] = &[
     "backends",
     "balance",
@@ -25,6 +34,11 @@ const POOL_KEYS: &[&str] = &[
     "host_header",
     "health",
     "passive",
+    "tls",
+    "sni",
+    "ca_file",
+    "insecure_skip_verify",
+    "http2",
 ];
 const BACKEND_KEYS: &[&str] = &["addr", "weight"];
 const HEALTH_KEYS: &[&str] = &[
@@ -61,6 +75,17 @@ pub fn parse(file: &Path, table: &Table, errs: &mut ConfigErrors) -> ParsedTenan
     let hosts = parse_hosts(&f, errs);
     let pools = parse_pools(&f, errs);
     let routes = parse_routes(&f, &pools, errs);
+    let tls = f
+        .table("tls", errs)
+        .and_then(|t| parse_tls_files(file, "tls", t, errs));
+    let https_redirect = f.bool("https_redirect", errs).unwrap_or(false);
+    let hsts = f.str("hsts", errs).and_then(|v| match check_hsts(v) {
+        Ok(()) => Some(v.to_string()),
+        Err(reason) => {
+            errs.push(file, "hsts", reason);
+            None
+        }
+    });
     f.finish(errs);
     let tenant = Arc::new(TenantConfig {
         id: id.clone().unwrap_or_default(),
@@ -68,6 +93,9 @@ pub fn parse(file: &Path, table: &Table, errs: &mut ConfigErrors) -> ParsedTenan
         hosts: hosts.iter().map(|(_, h)| h.clone()).collect(),
         pools: pools.into_iter().map(|(_, p)| p).collect(),
         routes,
+        tls,
+        https_redirect,
+        hsts,
     });
     ParsedTenant { id, hosts, tenant }
 }
@@ -169,6 +197,8 @@ fn parse_pool(
         health: None,
         passive_cooldown: Duration::from_secs(10),
         passive_failures: 3,
+        tls: None,
+        http2: false,
     };
     if f.require("backends", errs) {
         if let Some(list) = f.array("backends", errs) {
@@ -267,6 +297,7 @@ fn parse_pool(
         }
         p.finish(errs);
     }
+    parse_upstream_tls(&f, &mut pool, probe_host, errs);
     f.finish(errs);
     pool
 }

@@ -92,7 +92,7 @@ fn unknown_keys_are_reported_where_they_are_with_a_hint() {
             (
                 "pools.p.backends_extra",
                 "unknown key (known keys: backends, balance, hash_key, connect_timeout, read_timeout, \
-                 write_timeout, idle_timeout, retries, host_header, health, passive)"
+                 write_timeout, idle_timeout, retries, host_header, health, passive, tls, sni, ca_file, insecure_skip_verify, http2)"
             ),
             ("pools.p.blance", "unknown key (did you mean `balance`?)"),
             ("routes[0].poool", "unknown key (did you mean `pool`?)"),
@@ -358,5 +358,63 @@ fn tenants_with_nothing_to_serve() {
     assert_eq!(
         keys(tenants(&[("a.toml", &text)])),
         vec![k("a.toml", "routes")]
+    );
+}
+
+#[test]
+fn upstream_tls_keys() {
+    let c = tenants(&[(
+        "a.toml",
+        &one_pool("tls = true\nhealth = { path = \"/h\" }\n", ""),
+    )])
+    .unwrap();
+    let p = &c.tenants[0].pools[0];
+    let tls = p.tls.as_ref().unwrap();
+    // SNI defaults to the tenant's first exact host; the HTTP check goes over TLS too.
+    assert_eq!(
+        (tls.sni.as_str(), tls.insecure_skip_verify),
+        ("a.test", false)
+    );
+    assert!(matches!(
+        p.health.as_ref().map(|h| &h.probe),
+        Some(Probe::Https { sni, .. }) if sni == "a.test"
+    ));
+    let with_host = one_pool("tls = true\nhost_header = \"in.test\"\n", "");
+    let c = tenants(&[("a.toml", &with_host)]).unwrap();
+    assert_eq!(c.tenants[0].pools[0].tls.as_ref().unwrap().sni, "in.test");
+
+    let without_tls = one_pool("sni = \"x.test\"\nhttp2 = true\n", "");
+    assert_eq!(
+        keys(tenants(&[("a.toml", &without_tls)])),
+        vec![k("a.toml", "pools.p.sni"), k("a.toml", "pools.p.http2")]
+    );
+    let both = one_pool(
+        "tls = true\nca_file = \"ca.pem\"\ninsecure_skip_verify = true\nsni = \"*.x\"\n",
+        "",
+    );
+    assert_eq!(
+        keys(tenants(&[("a.toml", &both)])),
+        vec![
+            k("a.toml", "pools.p.sni"),
+            k("a.toml", "pools.p.insecure_skip_verify"),
+            // Files are read even when other keys are wrong, so every error shows at once.
+            k("a.toml", "pools.p.ca_file"),
+        ]
+    );
+}
+
+#[test]
+fn tenant_tls_keys() {
+    let ok = "id = \"a\"\nhosts = [\"a.test\"]\nhttps_redirect = true\n\
+              hsts = \"max-age=60; includeSubDomains\"\n[pools.p]\nbackends = [\"127.0.0.1:1\"]\n";
+    let c = tenants(&[("a.toml", ok)]).unwrap();
+    let t = &c.tenants[0];
+    assert!(t.https_redirect);
+    assert_eq!(t.hsts.as_deref(), Some("max-age=60; includeSubDomains"));
+    let bad = "id = \"a\"\nhosts = [\"a.test\"]\nhsts = \"includeSubDomains\"\n\
+               tls = { cert = \"c.pem\" }\n[pools.p]\nbackends = [\"127.0.0.1:1\"]\n";
+    assert_eq!(
+        keys(tenants(&[("a.toml", bad)])),
+        vec![k("a.toml", "tls.key"), k("a.toml", "hsts")]
     );
 }

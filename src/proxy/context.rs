@@ -22,6 +22,8 @@ pub struct RequestCtx {
     pub tried: Vec<usize>,
     /// Holds the current backend's in-flight count; replaced on retry, dropped at the end.
     pub inflight: Option<InflightGuard>,
+    /// The request came over a TLS connection.
+    pub tls: bool,
 }
 
 impl RequestCtx {
@@ -37,6 +39,14 @@ impl RequestCtx {
         match (&self.pool, self.tried.last()) {
             (Some(p), Some(&i)) => &p.backends[i].label,
             _ => "-",
+        }
+    }
+
+    /// The tenant's `Strict-Transport-Security` value, for responses over TLS only.
+    pub fn hsts(&self) -> Option<&HeaderValue> {
+        match (&self.snapshot, self.tenant) {
+            (Some(s), Some(t)) if self.tls => s.tenants[t as usize].hsts.as_ref(),
+            _ => None,
         }
     }
 

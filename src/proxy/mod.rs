@@ -4,6 +4,7 @@
 mod context;
 pub mod headers;
 mod respond;
+mod tls_policy;
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ pub use context::RequestCtx;
 use crate::config::model::HashKey;
 use crate::hash::stable_hash;
 use crate::snapshot::{Resolution, Route, SharedSnapshot};
+use crate::tls::ClientSni;
 use crate::upstream::now_ms;
 
 pub struct Porteiro {
@@ -46,6 +48,7 @@ impl ProxyHttp for Porteiro {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         let snap = self.snapshot.load_full();
+        let sni = client_tls(session, ctx);
         let req = session.req_header();
         ctx.request_id = Some(headers::request_id(req));
         ctx.client_ip = session
@@ -56,6 +59,33 @@ impl ProxyHttp for Porteiro {
             return self.answer_error(session, ctx, 400).await;
         };
         let resolution = snap.resolve(host, req.uri.path());
+        let tenant = match &resolution {
+            Resolution::UnknownHost => None,
+            Resolution::NoRoute(t) | Resolution::Route(t, _) => Some(*t),
+        };
+        if let Some(t) = tenant {
+            let conn = tls_policy::Connection {
+                tls: ctx.tls,
+                sni_tenant: sni.as_deref().map(|name| snap.tenant_for_sni(name)),
+                host,
+                path_and_query: req.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+            };
+            let tc = &snap.tenants[t as usize];
+            match tls_policy::gate(&conn, t, tc.https_redirect, snap.https_port) {
+                tls_policy::Gate::Pass => {}
+                tls_policy::Gate::Misdirected => {
+                    tracing::info!(tenant = %tc.id, sni = sni.as_deref(), host, "421: TLS name belongs to another tenant");
+                    ctx.tenant = Some(t);
+                    ctx.snapshot = Some(snap.clone());
+                    return self.answer_error(session, ctx, 421).await;
+                }
+                tls_policy::Gate::Redirect(location) => {
+                    ctx.tenant = Some(t);
+                    ctx.snapshot = Some(snap.clone());
+                    return self.redirect(session, ctx, location).await;
+                }
+            }
+        }
         let answer = match resolution {
             Resolution::UnknownHost => Err(snap.unknown_host_status),
             Resolution::NoRoute(t) => {
@@ -77,10 +107,14 @@ impl ProxyHttp for Porteiro {
         match answer {
             Ok(None) => Ok(false),
             Ok(Some(resp)) => {
+                let mut headers = resp.headers.clone();
+                if let Some(hsts) = ctx.hsts() {
+                    headers.push((http::header::STRICT_TRANSPORT_SECURITY, hsts.clone()));
+                }
                 respond::send(
                     session,
                     resp.status,
-                    &resp.headers,
+                    &headers,
                     resp.body.clone(),
                     ctx.request_id.as_ref(),
                 )
@@ -115,7 +149,19 @@ impl ProxyHttp for Porteiro {
         let backend = &pool.backends[index];
         ctx.tried.push(index);
         ctx.inflight = Some(backend.state.start_request());
-        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        let mut peer = match &pool.tls {
+            Some(tls) => {
+                let mut peer = HttpPeer::new(backend.addr, true, tls.sni.clone());
+                peer.options.verify_cert = tls.verify;
+                peer.options.verify_hostname = tls.verify;
+                peer.options.ca = tls.ca.as_ref().map(|ca| ca.certs.clone());
+                if tls.http2 {
+                    peer.options.set_http_version(2, 1);
+                }
+                peer
+            }
+            None => HttpPeer::new(backend.addr, false, String::new()),
+        };
         let t = &pool.timeouts;
         peer.options.connection_timeout = Some(t.connect);
         peer.options.read_timeout = Some(t.read);
@@ -189,7 +235,7 @@ impl ProxyHttp for Porteiro {
             &headers::Forwarding {
                 client_ip: ctx.client_ip,
                 trusted_peer,
-                proto: "http",
+                proto: if ctx.tls { "https" } else { "http" },
                 host,
                 tenant_id: &snap.tenants[t as usize].id_header,
                 request_id: rid,
@@ -220,6 +266,9 @@ impl ProxyHttp for Porteiro {
     ) -> pingora::Result<()> {
         if let Some(rid) = &ctx.request_id {
             resp.insert_header(headers::X_REQUEST_ID, rid.clone())?;
+        }
+        if let Some(hsts) = ctx.hsts() {
+            resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
         }
         Ok(())
     }
@@ -267,7 +316,42 @@ impl ProxyHttp for Porteiro {
     }
 }
 
+/// Whether the request came over TLS (noted in `ctx`), and the SNI the client sent.
+fn client_tls(session: &Session, ctx: &mut RequestCtx) -> Option<String> {
+    let tls = session.digest().and_then(|d| d.ssl_digest.as_ref());
+    ctx.tls = tls.is_some();
+    tls.and_then(|d| d.extension.get::<ClientSni>())
+        .map(|s| s.0.clone())
+}
+
 impl Porteiro {
+    async fn redirect(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        location: String,
+    ) -> pingora::Result<bool> {
+        let Ok(location) = http::HeaderValue::from_str(&location) else {
+            return self.answer_error(session, ctx, 400).await;
+        };
+        let headers = [
+            (http::header::LOCATION, location),
+            (
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
+        ];
+        respond::send(
+            session,
+            308,
+            &headers,
+            bytes::Bytes::from_static(b"308 Permanent Redirect: use https\n"),
+            ctx.request_id.as_ref(),
+        )
+        .await?;
+        Ok(true)
+    }
+
     async fn answer_error(
         &self,
         session: &mut Session,

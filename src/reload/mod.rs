@@ -209,16 +209,35 @@ impl Reloader {
         self.lock().current.admin_token.clone()
     }
 
-    /// The directories whose changes may change the configuration: the main file's and the
-    /// tenants directory of the configuration serving now.
+    /// The directories whose changes may change the configuration: the main file's, the
+    /// tenants directory, and those holding certificates, keys and CA files.
     pub fn watched_dirs(&self) -> Vec<PathBuf> {
-        let main_dir = self
-            .main_file
-            .parent()
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
-        let tenants = self.lock().current.tenants_dir.clone();
-        vec![main_dir, tenants]
+        let state = self.lock();
+        let mut dirs = vec![
+            self.main_file
+                .parent()
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+            state.current.tenants_dir.clone(),
+        ];
+        for source in &state.status.sources {
+            if let Some(dir) = Path::new(source).parent() {
+                if !dirs.iter().any(|d| d == dir) {
+                    dirs.push(dir.to_path_buf());
+                }
+            }
+        }
+        dirs
+    }
+
+    /// Every file the running configuration was read from.
+    pub fn source_files(&self) -> std::collections::HashSet<PathBuf> {
+        self.lock()
+            .status
+            .sources
+            .iter()
+            .map(PathBuf::from)
+            .collect()
     }
 
     pub fn main_file(&self) -> &Path {
@@ -242,6 +261,7 @@ fn restart_required(started: &ServerConfig, now: &ServerConfig) -> Vec<String> {
         }
     };
     check("listen", started.listen != now.listen);
+    check("listen_tls", started.listen_tls != now.listen_tls);
     check("threads", started.threads != now.threads);
     check("h2c", started.h2c != now.h2c);
     check("admin", started.admin != now.admin);

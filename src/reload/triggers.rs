@@ -1,7 +1,8 @@
 //! What starts a reload besides the admin endpoint: file changes and SIGHUP.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,9 +38,13 @@ impl BackgroundService for ConfigWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let main_file = self.reloader.main_file().to_path_buf();
+        // Certificate, key and CA files of the running config: their names are not `*.toml`.
+        let key_files = Arc::new(Mutex::new(self.reloader.source_files()));
+        let key_files_seen = key_files.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(event) = res {
-                if is_relevant(&event, &main_file) {
+                let known = key_files_seen.lock().unwrap_or_else(|p| p.into_inner());
+                if is_relevant(&event, &main_file, &known) {
                     let _ = tx.send(());
                 }
             }
@@ -60,6 +65,7 @@ impl BackgroundService for ConfigWatcher {
             }
             settle(&mut rx).await;
             self.reloader.reload_in_background(Trigger::File).await;
+            *key_files.lock().unwrap_or_else(|p| p.into_inner()) = self.reloader.source_files();
             rewatch(&mut watcher, &mut watched, self.reloader.watched_dirs());
         }
     }
@@ -93,7 +99,7 @@ fn rewatch(watcher: &mut impl Watcher, watched: &mut Vec<PathBuf>, dirs: Vec<Pat
     }
 }
 
-fn is_relevant(event: &notify::Event, main_file: &Path) -> bool {
+fn is_relevant(event: &notify::Event, main_file: &Path, sources: &HashSet<PathBuf>) -> bool {
     let kind_counts = match event.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) => false,
@@ -102,7 +108,9 @@ fn is_relevant(event: &notify::Event, main_file: &Path) -> bool {
     kind_counts
         && event.paths.iter().any(|p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            p == main_file || (name.ends_with(".toml") && !name.starts_with('.'))
+            p == main_file
+                || (name.ends_with(".toml") && !name.starts_with('.'))
+                || sources.contains(p)
         })
 }
 

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::model::{Balance, HashKey, PoolConfig};
+use crate::config::model::{Balance, CaBundle, HashKey, PoolConfig};
 
 use super::balance::{Candidates, Selector};
 use super::state::{BackendState, Thresholds};
@@ -38,12 +38,24 @@ pub struct Pool {
     pub retries: u32,
     pub host_header: Option<http::HeaderValue>,
     pub thresholds: Thresholds,
+    /// TLS towards the backends, if the pool asks for it.
+    pub tls: Option<PoolTls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolTls {
+    pub sni: String,
+    pub verify: bool,
+    /// Trust anchors from `ca_file`; `None` means the system roots.
+    pub ca: Option<Arc<CaBundle>>,
+    pub http2: bool,
 }
 
 impl Pool {
     /// Builds a pool; `state_for` supplies each backend's shared state (reused across reloads).
     pub fn build(
         cfg: &PoolConfig,
+        ca: Option<Arc<CaBundle>>,
         thresholds: Thresholds,
         mut state_for: impl FnMut(SocketAddr) -> Arc<BackendState>,
     ) -> Self {
@@ -86,6 +98,12 @@ impl Pool {
                 .as_deref()
                 .and_then(|h| http::HeaderValue::from_str(h).ok()),
             thresholds,
+            tls: cfg.tls.as_ref().map(|t| PoolTls {
+                sni: t.sni.clone(),
+                verify: !t.insecure_skip_verify,
+                ca,
+                http2: cfg.http2,
+            }),
         }
     }
 

@@ -1,9 +1,16 @@
-//! Active health probes: a TCP connect, or an HTTP/1.1 GET whose status must be 2xx or 3xx.
+//! Active health probes: a TCP connect, or an HTTP/1.1 GET (plain or over TLS) whose status
+//! must be 2xx or 3xx.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use pingora::tls::TlsConnector;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::model::Probe;
@@ -17,13 +24,98 @@ pub async fn run(addr: SocketAddr, probe: &Probe, timeout: Duration) -> Result<(
 }
 
 async fn attempt(addr: SocketAddr, probe: &Probe) -> Result<(), String> {
-    let mut stream = TcpStream::connect(addr)
+    let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let (path, host) = match probe {
-        Probe::Tcp => return Ok(()),
-        Probe::Http { path, host } => (path, host),
-    };
+    match probe {
+        Probe::Tcp => Ok(()),
+        Probe::Http { path, host } => http_get(stream, path, host).await,
+        Probe::Https { path, host, sni } => {
+            let name = ServerName::try_from(sni.clone())
+                .map_err(|_| format!("`{sni}` is not a valid TLS server name"))?;
+            let stream = TlsConnector::from(unverified_client()?)
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            http_get(stream, path, host).await
+        }
+    }
+}
+
+/// A client config that completes handshakes without judging the certificate: the probe asks
+/// "is it up", and real requests verify (failing with 502 and a passive failure).
+fn unverified_client() -> Result<Arc<ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map(|b| {
+                    Arc::new(
+                        b.dangerous()
+                            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+                            .with_no_client_auth(),
+                    )
+                })
+                .map_err(|e| format!("TLS client setup: {e}"))
+        })
+        .clone()
+}
+
+#[derive(Debug)]
+struct AcceptAny(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+async fn http_get<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    path: &str,
+    host: &str,
+) -> Result<(), String> {
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: porteiro-health-check\r\n\
          Accept: */*\r\nConnection: close\r\n\r\n"
