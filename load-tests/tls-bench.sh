@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# TLS costs beyond keep-alive, porteiro next to nginx in the same run (loopback only; stops by
+# itself): a full handshake per request (wrk with Connection: close) and HTTP/2 with h2load.
+# Proxies run on CPU 0 with one worker; load and the nginx backend share CPU 1. The figure is
+# the proxy's own CPU time per request (user+sys over the run / requests): lower is better.
+#
+#   load-tests/tls-bench.sh [SECONDS]
+#
+# Needs: nginx (nginx-light), wrk, h2load (nghttp2-client), openssl, bc. Uses
+# target/release/porteiro (PORTEIRO overrides).
+set -euo pipefail
+D=${1:-8}
+here=$(cd "$(dirname "$0")/.." && pwd)
+bin=${PORTEIRO:-$here/target/release/porteiro}
+W=$(mktemp -d /tmp/tls-bench.XXXX); chmod 755 "$W"
+BACK=18580; NGX=18581; POR=18582
+PIDS=()
+cleanup() { kill -INT "${PIDS[@]}" 2>/dev/null || true; sleep 0.5; kill -KILL "${PIDS[@]}" 2>/dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
+
+mkdir -p "$W/certs" "$W/p/tenants.d"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj "/CN=example.com" -addext "subjectAltName=DNS:example.com,DNS:*.example.com" \
+  -keyout "$W/certs/key.pem" -out "$W/certs/cert.pem" 2>/dev/null
+head -c 1024 /dev/zero | tr '\0' x > "$W/body"; chmod 644 "$W"/body "$W"/certs/*
+
+cat > "$W/backend.conf" <<NG
+worker_processes 1; daemon off; pid $W/backend.pid; error_log $W/backend.err; user root;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 10000000;
+  server { listen 127.0.0.1:$BACK backlog=4096; location / { root $W; try_files /body =404; } } }
+NG
+cat > "$W/nginx.conf" <<NG
+worker_processes 1; daemon off; pid $W/nginx.pid; error_log $W/nginx.err; user root;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 10000000;
+  upstream b { server 127.0.0.1:$BACK; keepalive 256; }
+  server { listen 127.0.0.1:$NGX ssl http2 backlog=4096;
+    ssl_certificate $W/certs/cert.pem; ssl_certificate_key $W/certs/key.pem;
+    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+NG
+cat > "$W/p/porteiro.toml" <<TOML
+[server]
+listen = ["127.0.0.1:$((POR + 1000))"]
+listen_tls = ["127.0.0.1:$POR"]
+default_certificate = { cert = "$W/certs/cert.pem", key = "$W/certs/key.pem" }
+admin = ""
+threads = 1
+TOML
+cat > "$W/p/tenants.d/t0.toml" <<TOML
+id = "t0"
+hosts = ["t0.example.com"]
+tls = { cert = "$W/certs/cert.pem", key = "$W/certs/key.pem" }
+[pools.web]
+backends = ["127.0.0.1:$BACK"]
+TOML
+
+taskset -c 1 nginx -c "$W/backend.conf" & PIDS+=($!)
+taskset -c 0 nginx -c "$W/nginx.conf" & PIDS+=($!); NGXPID=$!
+RUST_LOG=warn,rustls=error taskset -c 0 "$bin" run -c "$W/p/porteiro.toml" > "$W/porteiro.log" 2>&1 & PIDS+=($!); PORPID=$!
+for _ in $(seq 1 100); do curl -sk -o /dev/null "https://127.0.0.1:$POR/" -H "Host: t0.example.com" && break; sleep 0.1; done
+kill -0 "$PORPID" || { cat "$W/porteiro.log"; exit 1; }
+
+HZ=$(getconf CLK_TCK)
+ticks() { local t=0 p; for p in $1 $(pgrep -P "$1"); do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
+us_per_req() { echo "scale=1; ($2 - $1) * 1000000 / $HZ / $3" | bc; }
+
+printf "%-9s %-22s %10s %12s\n" proxy test req/s cpu_us/req
+for name in nginx porteiro; do
+  if [ $name = nginx ]; then port=$NGX; pid=$NGXPID; else port=$POR; pid=$PORPID; fi
+  t0=$(ticks "$pid")
+  out=$(taskset -c 1 wrk -t1 -c16 -d"${D}s" -H "Host: t0.example.com" -H "Connection: close" "https://127.0.0.1:$port/")
+  t1=$(ticks "$pid")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out"); rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  printf "%-9s %-22s %10.0f %12s\n" $name "handshake per request" "$rps" "$(us_per_req "$t0" "$t1" "$reqs")"
+  awk '/Non-2xx|Socket errors/ {print "  warn: " $0}' <<<"$out"
+
+  n=$((D * 20000))
+  t0=$(ticks "$pid")
+  out=$(taskset -c 1 h2load -n"$n" -c16 -m10 -H ":authority: t0.example.com" "https://127.0.0.1:$port/" 2>&1)
+  t1=$(ticks "$pid")
+  ok=$(awk '/^status codes:/ {print $3}' <<<"$out"); rps=$(awk '/^finished in/ {print $4}' <<<"$out")
+  proto=$(awk '/Application protocol:/ {print $3}' <<<"$out")
+  printf "%-9s %-22s %10.0f %12s\n" $name "h2load ($proto, 16x10)" "$rps" "$(us_per_req "$t0" "$t1" "${ok:-1}")"
+  [ "${ok:-0}" = "$n" ] || echo "  warn: only ${ok:-0} of $n requests got 2xx"
+done
