@@ -61,6 +61,7 @@ pub fn prepare(config_file: &Path, opts: &RunOptions) -> Result<Prepared, StartE
             })?;
         }
     }
+    crate::metrics::get().set_max_tenants(config.server.metrics_max_tenants);
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&config, 1, None)));
     let reloader = Arc::new(Reloader::new(config_file, &config, snapshot.clone()));
     let server = build_server(&config, snapshot.clone(), reloader.clone(), opts)?;
@@ -119,6 +120,13 @@ fn build_server(
         "reload on SIGHUP",
         HangupReloader::new(reloader.clone()),
     ));
+    if s.access_log.target != crate::config::model::AccessLogTarget::Off {
+        crate::access_log::start(&s.access_log);
+        server.add_service(background_service(
+            "access log reopen on SIGUSR1",
+            crate::access_log::ReopenOnSignal,
+        ));
+    }
     if s.watch {
         server.add_service(background_service(
             "config watcher",
@@ -150,5 +158,6 @@ pub fn ignore_hangup_until_handled() {
     // SAFETY: setting a signal disposition to SIG_IGN has no memory-safety preconditions.
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        libc::signal(libc::SIGUSR1, libc::SIG_IGN);
     }
 }

@@ -4,11 +4,13 @@
 //! state) -> `proxy` (pingora hooks reading one snapshot per request). `routing` and the
 //! selection logic in `upstream` are pure and unit-tested; `app` wires the pingora server.
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod hash;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod routing;

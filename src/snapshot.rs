@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -17,6 +17,7 @@ use rustls::sign::CertifiedKey;
 use crate::config::model::{
     CaBundle, Config, LoadedCert, RouteAction, StaticResponse, TenantConfig,
 };
+use crate::metrics::TenantMetrics;
 use crate::routing::{HostTable, PathRoutes};
 use crate::upstream::health::{HealthKey, HealthRegistry, HealthTarget};
 use crate::upstream::{Pool, Thresholds};
@@ -54,6 +55,16 @@ pub struct Tenant {
     pub cert: Option<Arc<LoadedCert>>,
     pub https_redirect: bool,
     pub hsts: Option<HeaderValue>,
+    /// Resolved on the tenant's first request, not at build: 100,000 tenants cost nothing
+    /// until they see traffic.
+    metrics: OnceLock<Arc<TenantMetrics>>,
+}
+
+impl Tenant {
+    pub fn metrics(&self) -> &Arc<TenantMetrics> {
+        self.metrics
+            .get_or_init(|| crate::metrics::get().tenant(&self.id))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -261,6 +272,7 @@ fn build_tenant(
             .hsts
             .as_deref()
             .and_then(|v| HeaderValue::from_str(v).ok()),
+        metrics: OnceLock::new(),
     }
 }
 

@@ -71,7 +71,7 @@ impl Admin {
             ),
             (&Method::GET, "/-/config") => (StatusCode::OK, json!(self.reloader.status())),
             (&Method::POST, "/-/reload") => self.reload().await,
-            (_, "/-/healthy" | "/-/ready" | "/-/config" | "/-/reload") => (
+            (_, "/-/healthy" | "/-/ready" | "/-/config" | "/-/reload" | "/metrics") => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"error": "method not allowed"}),
             ),
@@ -113,8 +113,24 @@ impl Admin {
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let (status, body) = if self.authorized(session) {
-            let method = session.req_header().method.clone();
+        let authorized = self.authorized(session);
+        let method = session.req_header().method.clone();
+        if authorized && method == Method::GET && session.req_header().uri.path() == "/metrics" {
+            let body = crate::metrics::get()
+                .render(&self.snapshot.load())
+                .into_bytes();
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header(
+                    http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+                .header(http::header::CONTENT_LENGTH, body.len())
+                .header(http::header::CACHE_CONTROL, "no-store")
+                .body(body)
+                .unwrap_or_default();
+        }
+        let (status, body) = if authorized {
             let path = session.req_header().uri.path().to_string();
             self.route(&method, &path).await
         } else {

@@ -80,6 +80,24 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// Reload by itself when the main file or a tenant file changes.
     pub watch: bool,
+    /// `[metrics] max_tenants`: tenants with series of their own; the rest share "_other".
+    pub metrics_max_tenants: usize,
+    /// `[access_log]`.
+    pub access_log: AccessLogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    pub target: AccessLogTarget,
+    /// Lines waiting for the writer; beyond it lines are dropped (and counted), never waited for.
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Off,
+    Stdout,
+    File(PathBuf),
 }
 
 /// One tenant file under `tenants_dir`.
@@ -99,6 +117,8 @@ pub struct TenantConfig {
     pub https_redirect: bool,
     /// `Strict-Transport-Security` value added to responses sent over TLS.
     pub hsts: Option<String>,
+    /// Share of this tenant's requests written to the access log, 0.0..=1.0.
+    pub access_log_sample: f64,
 }
 
 /// A hostname a tenant claims: lowercase, no port, no trailing dot.

@@ -9,10 +9,12 @@ use toml::Table;
 
 use super::error::ConfigErrors;
 use super::fields::Fields;
-use super::model::ServerConfig;
+use super::model::{AccessLogConfig, AccessLogTarget, ServerConfig};
 use super::tls_keys::parse_tls_files;
 
-const TOP_KEYS: &[&str] = &["server"];
+const TOP_KEYS: &[&str] = &["server", "metrics", "access_log"];
+const METRICS_KEYS: &[&str] = &["max_tenants"];
+const ACCESS_LOG_KEYS: &[&str] = &["path", "queue"];
 const SERVER_KEYS: &[&str] = &[
     "listen",
     "listen_tls",
@@ -46,6 +48,11 @@ pub fn defaults() -> ServerConfig {
         admin: Some(SocketAddr::from(([127, 0, 0, 1], 9900))),
         admin_token: None,
         watch: true,
+        metrics_max_tenants: crate::metrics::DEFAULT_MAX_TENANTS,
+        access_log: AccessLogConfig {
+            target: AccessLogTarget::Off,
+            queue: 65536,
+        },
     }
 }
 
@@ -54,6 +61,25 @@ pub fn parse(file: &Path, top: &Table, errs: &mut ConfigErrors) -> ServerConfig 
     let mut s = defaults();
     let top_fields = Fields::new(file, "", top, TOP_KEYS);
     let table = top_fields.table("server", errs);
+    if let Some(t) = top_fields.table("metrics", errs) {
+        let f = Fields::new(file, "metrics", t, METRICS_KEYS);
+        if let Some(n) = f.int("max_tenants", 1..=1_000_000, errs) {
+            s.metrics_max_tenants = n as usize;
+        }
+        f.finish(errs);
+    }
+    if let Some(t) = top_fields.table("access_log", errs) {
+        let f = Fields::new(file, "access_log", t, ACCESS_LOG_KEYS);
+        s.access_log.target = match f.str("path", errs) {
+            None | Some("") => AccessLogTarget::Off,
+            Some("stdout") => AccessLogTarget::Stdout,
+            Some(p) => AccessLogTarget::File(PathBuf::from(p)),
+        };
+        if let Some(n) = f.int("queue", 1..=10_000_000, errs) {
+            s.access_log.queue = n as usize;
+        }
+        f.finish(errs);
+    }
     top_fields.finish(errs);
     let Some(table) = table else {
         return s;

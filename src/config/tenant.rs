@@ -21,6 +21,7 @@ const TENANT_KEYS: &[&str] = &[
     "tls",
     "https_redirect",
     "hsts",
+    "access_log_sample",
 ];
 const POOL_KEYS: &[&str] = &[
     "backends",
@@ -86,6 +87,20 @@ pub fn parse(file: &Path, table: &Table, errs: &mut ConfigErrors) -> ParsedTenan
             None
         }
     });
+    let access_log_sample = match f.get("access_log_sample") {
+        None => 1.0,
+        Some(v) => match v.as_float().or_else(|| v.as_integer().map(|i| i as f64)) {
+            Some(x) if (0.0..=1.0).contains(&x) => x,
+            _ => {
+                errs.push(
+                    file,
+                    "access_log_sample",
+                    "expected a number from 0.0 to 1.0",
+                );
+                1.0
+            }
+        },
+    };
     f.finish(errs);
     let tenant = Arc::new(TenantConfig {
         id: id.clone().unwrap_or_default(),
@@ -96,6 +111,7 @@ pub fn parse(file: &Path, table: &Table, errs: &mut ConfigErrors) -> ParsedTenan
         tls,
         https_redirect,
         hsts,
+        access_log_sample,
     });
     ParsedTenant { id, hosts, tenant }
 }

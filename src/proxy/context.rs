@@ -2,14 +2,23 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
+use crate::metrics::{InFlight, TenantMetrics};
 use crate::snapshot::Snapshot;
 use crate::upstream::{InflightGuard, Pool};
 
-#[derive(Default)]
 pub struct RequestCtx {
+    /// When porteiro started on this request (for the client-view duration).
+    pub started: Instant,
+    /// The tenant's metric handles, once the tenant is known.
+    pub metrics: Option<Arc<TenantMetrics>>,
+    pub in_flight: Option<InFlight>,
+    /// When the current backend was chosen, and how long it took to answer.
+    pub upstream_started: Option<Instant>,
+    pub upstream_elapsed: Option<Duration>,
     /// The generation this request uses from its first phase to its last.
     pub snapshot: Option<Arc<Snapshot>>,
     pub tenant: Option<u32>,
@@ -24,6 +33,27 @@ pub struct RequestCtx {
     pub inflight: Option<InflightGuard>,
     /// The request came over a TLS connection.
     pub tls: bool,
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            metrics: None,
+            in_flight: None,
+            upstream_started: None,
+            upstream_elapsed: None,
+            snapshot: None,
+            tenant: None,
+            pool: None,
+            request_id: None,
+            client_ip: None,
+            hash_key: 0,
+            tried: Vec::new(),
+            inflight: None,
+            tls: false,
+        }
+    }
 }
 
 impl RequestCtx {
@@ -47,6 +77,18 @@ impl RequestCtx {
         match (&self.snapshot, self.tenant) {
             (Some(s), Some(t)) if self.tls => s.tenants[t as usize].hsts.as_ref(),
             _ => None,
+        }
+    }
+
+    /// Whether this request goes to the access log, by its tenant's `access_log_sample`.
+    /// Requests of no tenant (unknown hosts) are always logged.
+    pub fn sampled(&self) -> bool {
+        match (&self.snapshot, self.tenant) {
+            (Some(s), Some(t)) => {
+                let rate = s.tenants[t as usize].config.access_log_sample;
+                rate >= 1.0 || (rate > 0.0 && fastrand::f64() < rate)
+            }
+            _ => true,
         }
     }
 

@@ -16,8 +16,10 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 pub use context::RequestCtx;
 
+use crate::access_log;
 use crate::config::model::HashKey;
 use crate::hash::stable_hash;
+use crate::metrics::{self, InFlight};
 use crate::snapshot::{Resolution, Route, SharedSnapshot};
 use crate::tls::ClientSni;
 use crate::upstream::now_ms;
@@ -63,6 +65,14 @@ impl ProxyHttp for Porteiro {
             Resolution::UnknownHost => None,
             Resolution::NoRoute(t) | Resolution::Route(t, _) => Some(*t),
         };
+        match tenant {
+            Some(t) => {
+                let m = snap.tenants[t as usize].metrics().clone();
+                ctx.in_flight = Some(InFlight::start(&m.in_flight));
+                ctx.metrics = Some(m);
+            }
+            None => metrics::get().unknown_host.inc(),
+        }
         if let Some(t) = tenant {
             let conn = tls_policy::Connection {
                 tls: ctx.tls,
@@ -147,6 +157,15 @@ impl ProxyHttp for Porteiro {
             ));
         };
         let backend = &pool.backends[index];
+        if let Some(selected) = backend.selected(ctx.tenant_id(), &pool.name) {
+            selected.inc();
+        }
+        if !ctx.tried.is_empty() {
+            if let Some(m) = &ctx.metrics {
+                m.retries.inc();
+            }
+        }
+        ctx.upstream_started = Some(std::time::Instant::now());
         ctx.tried.push(index);
         ctx.inflight = Some(backend.state.start_request());
         let mut peer = match &pool.tls {
@@ -179,6 +198,9 @@ impl ProxyHttp for Porteiro {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(m) = &ctx.metrics {
+            m.connect_errors.inc();
+        }
         if let Some(pool) = &ctx.pool {
             self.passive_failure(ctx, &e);
             if ctx.tried.len() <= pool.retries as usize {
@@ -203,6 +225,9 @@ impl ProxyHttp for Porteiro {
             e.etype(),
             ErrorType::ReadTimedout | ErrorType::WriteTimedout
         ) {
+            if let Some(m) = &ctx.metrics {
+                m.timeouts.inc();
+            }
             self.passive_failure(ctx, &e);
         }
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -254,6 +279,7 @@ impl ProxyHttp for Porteiro {
         if let (Some(pool), Some(&i)) = (&ctx.pool, ctx.tried.last()) {
             pool.backends[i].state.record_passive_success();
         }
+        ctx.upstream_elapsed = ctx.upstream_started.map(|t| t.elapsed());
         Ok(())
     }
 
@@ -271,6 +297,28 @@ impl ProxyHttp for Porteiro {
             resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
         }
         Ok(())
+    }
+
+    /// Last phase of every request: metrics (and the access log).
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map_or_else(|| e.map_or(0, status_for), |r| r.status.as_u16());
+        if let Some(m) = &ctx.metrics {
+            let method = metrics::method_index(&session.req_header().method);
+            m.count_request(method, metrics::status_index(status));
+            m.request_duration
+                .observe(ctx.started.elapsed().as_secs_f64());
+            if let Some(up) = ctx.upstream_elapsed {
+                m.upstream_duration.observe(up.as_secs_f64());
+            }
+            m.request_bytes.inc_by(session.body_bytes_read() as u64);
+            m.response_bytes.inc_by(session.body_bytes_sent() as u64);
+        }
+        ctx.in_flight = None;
+        if access_log::enabled() && ctx.sampled() {
+            write_access_log(session, ctx, status);
+        }
     }
 
     /// Error log: a client that hangs up is not an error worth a log line per connection.
@@ -314,6 +362,32 @@ impl ProxyHttp for Porteiro {
             can_reuse_downstream: false,
         }
     }
+}
+
+fn write_access_log(session: &Session, ctx: &RequestCtx, status: u16) {
+    let req = session.req_header();
+    let millis = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    access_log::log(&access_log::Entry {
+        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        tenant: ctx.tenant_id(),
+        host: headers::request_host(req).unwrap_or(""),
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        status,
+        bytes_in: session.body_bytes_read() as u64,
+        bytes_out: session.body_bytes_sent() as u64,
+        duration_ms: millis(ctx.started.elapsed()),
+        upstream: (!ctx.tried.is_empty()).then(|| ctx.backend_label()),
+        upstream_ms: ctx.upstream_elapsed.map(millis),
+        request_id: ctx
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+        client_ip: ctx.client_ip.map(|ip| ip.to_string()),
+        tls: ctx.tls,
+        h2: session.is_http2(),
+    });
 }
 
 /// Whether the request came over TLS (noted in `ctx`), and the SNI the client sent.

@@ -140,6 +140,7 @@ impl Reloader {
                     tracing::error!("  {e}");
                 }
                 state.status.reloads.failed += 1;
+                crate::metrics::get().reload("failed");
                 state.status.last_error = Some(FailedReload {
                     at: now_rfc3339(),
                     trigger,
@@ -159,6 +160,7 @@ impl Reloader {
         let current = self.snapshot.load_full();
         if config.digest == current.digest {
             state.status.reloads.unchanged += 1;
+            crate::metrics::get().reload("unchanged");
             state.status.last_error = None;
             return Outcome::Unchanged {
                 generation: current.generation,
@@ -170,6 +172,10 @@ impl Reloader {
         let previous = self.snapshot.swap(Arc::new(next));
         let took = started.elapsed();
         background::retire(previous);
+        let m = crate::metrics::get();
+        m.reload("applied");
+        m.set_max_tenants(config.server.metrics_max_tenants);
+        m.retain_tenants(&config.tenants.iter().map(|t| t.id.as_str()).collect());
 
         let restart_required = restart_required(&state.started_with, &config.server);
         for key in &restart_required {
@@ -271,6 +277,7 @@ fn restart_required(started: &ServerConfig, now: &ServerConfig) -> Vec<String> {
         started.graceful_shutdown_timeout != now.graceful_shutdown_timeout,
     );
     check("watch", started.watch != now.watch);
+    check("access_log", started.access_log != now.access_log);
     keys
 }
 

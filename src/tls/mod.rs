@@ -29,6 +29,7 @@ impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let cert = self.snapshot.load().certificate_for(hello.server_name());
         if cert.is_none() {
+            crate::metrics::get().tls_refused("no_certificate");
             tracing::debug!(
                 sni = hello.server_name(),
                 "no certificate for this name; handshake refused"
@@ -50,6 +51,7 @@ impl TlsAccept for RememberSni {
         &self,
         tls: &TlsRef,
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        crate::metrics::get().tls_handshakes.inc();
         let name = tls.server_name()?;
         Some(Arc::new(ClientSni(name.to_ascii_lowercase())))
     }

@@ -153,6 +153,9 @@ async fn check_once(target: &HealthTarget) {
         passive_cooldown_ms: 0,
         actively_checked: true,
     };
+    if result.is_err() {
+        crate::metrics::get().health_check_failed(&target.users, &target.addr.to_string());
+    }
     match target.state.record_probe(result.is_ok(), &thresholds) {
         Transition::BecameHealthy => tracing::info!(
             backend = %target.addr, used_by = %target.users.join(","),

@@ -17,6 +17,16 @@ pub struct Backend {
     pub label: Arc<str>,
     pub weight: u32,
     pub state: Arc<BackendState>,
+    /// `porteiro_backend_selected_total` for this tenant, pool and backend, on first use.
+    selected: std::sync::OnceLock<Option<prometheus::IntCounter>>,
+}
+
+impl Backend {
+    pub fn selected(&self, tenant: &str, pool: &str) -> Option<&prometheus::IntCounter> {
+        self.selected
+            .get_or_init(|| crate::metrics::get().backend_selected(tenant, pool, &self.label))
+            .as_ref()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +88,7 @@ impl Pool {
                 label: name.into(),
                 weight: b.weight,
                 state: state_for(b.addr),
+                selected: std::sync::OnceLock::new(),
             })
             .collect();
         Self {

@@ -267,7 +267,10 @@ impl Proxy {
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if std::net::TcpStream::connect(proxy.addr).is_ok() {
+            // Services start in parallel: wait for the admin listener as well as the proxy's.
+            if std::net::TcpStream::connect(proxy.addr).is_ok()
+                && std::net::TcpStream::connect(proxy.admin).is_ok()
+            {
                 return proxy;
             }
             if let Ok(Some(status)) = proxy.child.try_wait() {

@@ -1,0 +1,168 @@
+//! The access log: one JSON object per request, written by a background thread. Requests only
+//! ever `try_send` into a bounded queue: when the writer falls behind (a slow disk, a full pipe)
+//! lines are dropped and counted in `porteiro_access_log_dropped_total`, never waited for.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::OnceLock;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Serialize;
+
+use crate::config::model::{AccessLogConfig, AccessLogTarget};
+
+/// One request, as logged.
+#[derive(Debug, Serialize)]
+pub struct Entry<'a> {
+    pub time: String,
+    pub tenant: &'a str,
+    pub host: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration_ms: f64,
+    pub upstream: Option<&'a str>,
+    pub upstream_ms: Option<f64>,
+    pub request_id: &'a str,
+    pub client_ip: Option<String>,
+    pub tls: bool,
+    pub h2: bool,
+}
+
+static SENDER: OnceLock<SyncSender<String>> = OnceLock::new();
+static REOPEN: AtomicBool = AtomicBool::new(false);
+
+/// Starts the writer thread for `cfg` (once per process; `Off` starts nothing).
+pub fn start(cfg: &AccessLogConfig) {
+    if cfg.target == AccessLogTarget::Off || SENDER.get().is_some() {
+        return;
+    }
+    let (tx, rx) = sync_channel(cfg.queue);
+    let target = cfg.target.clone();
+    let spawned = std::thread::Builder::new()
+        .name("porteiro-access-log".into())
+        .spawn(move || write_lines(target, rx));
+    match spawned {
+        Ok(_) => {
+            let _ = SENDER.set(tx);
+        }
+        Err(e) => tracing::error!(error = %e, "cannot start the access log writer; access log off"),
+    }
+}
+
+pub fn enabled() -> bool {
+    SENDER.get().is_some()
+}
+
+/// Queues one line; drops it (and counts the drop) when the writer is behind.
+pub fn log(entry: &Entry) {
+    let Some(tx) = SENDER.get() else {
+        return;
+    };
+    let Ok(mut line) = serde_json::to_string(entry) else {
+        return;
+    };
+    line.push('\n');
+    match tx.try_send(line) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            crate::metrics::get().access_log_dropped.inc()
+        }
+    }
+}
+
+enum Sink {
+    Stdout(BufWriter<std::io::Stdout>),
+    File(BufWriter<File>),
+    /// The file could not be opened; lines are counted as dropped until a reopen works.
+    Broken,
+}
+
+fn open(target: &AccessLogTarget) -> Sink {
+    match target {
+        AccessLogTarget::Off | AccessLogTarget::Stdout => {
+            Sink::Stdout(BufWriter::new(std::io::stdout()))
+        }
+        AccessLogTarget::File(path) => match open_file(path) {
+            Ok(f) => Sink::File(BufWriter::with_capacity(64 * 1024, f)),
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "cannot open the access log; lines are dropped until SIGUSR1 reopens it");
+                Sink::Broken
+            }
+        },
+    }
+}
+
+fn open_file(path: &PathBuf) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn write_lines(target: AccessLogTarget, rx: Receiver<String>) {
+    let mut sink = open(&target);
+    // Block for the first line, then take whatever else is queued, then flush once.
+    while let Ok(first) = rx.recv() {
+        if REOPEN.swap(false, Ordering::Relaxed) {
+            flush(&mut sink);
+            sink = open(&target);
+            tracing::info!("access log reopened");
+        }
+        write(&mut sink, &first);
+        while let Ok(line) = rx.try_recv() {
+            write(&mut sink, &line);
+        }
+        flush(&mut sink);
+    }
+}
+
+fn write(sink: &mut Sink, line: &str) {
+    let result = match sink {
+        Sink::Stdout(w) => w.write_all(line.as_bytes()),
+        Sink::File(w) => w.write_all(line.as_bytes()),
+        Sink::Broken => {
+            crate::metrics::get().access_log_dropped.inc();
+            return;
+        }
+    };
+    if result.is_err() {
+        crate::metrics::get().access_log_dropped.inc();
+    }
+}
+
+fn flush(sink: &mut Sink) {
+    let _ = match sink {
+        Sink::Stdout(w) => w.flush(),
+        Sink::File(w) => w.flush(),
+        Sink::Broken => Ok(()),
+    };
+}
+
+/// Reopens the access log file on SIGUSR1, for logrotate's `postrotate` step.
+pub struct ReopenOnSignal;
+
+#[async_trait]
+impl BackgroundService for ReopenOnSignal {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut usr1 = match signal(SignalKind::user_defined1()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot handle SIGUSR1; the access log cannot be reopened");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                got = usr1.recv() => if got.is_none() { return },
+            }
+            REOPEN.store(true, Ordering::Relaxed);
+        }
+    }
+}

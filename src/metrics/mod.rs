@@ -1,0 +1,328 @@
+//! Prometheus metrics. One process-wide registry; labels carry configured tenant ids, pool
+//! names and backend addresses only (never hosts, paths or client addresses), and tenants past
+//! `[metrics] max_tenants` share the label "_other", so series counts stay bounded.
+//! Gauges that mirror state (backend health, config counts, certificate expiry) are filled from
+//! the live snapshot at scrape time, so they can never drift from what is serving.
+
+mod tenant;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::UNIX_EPOCH;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub use tenant::{method_index, status_index, InFlight, TenantMetrics};
+
+use crate::snapshot::Snapshot;
+
+/// Histogram buckets in seconds: 100 µs to 10 s.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+pub const OTHER_TENANTS: &str = "_other";
+pub const DEFAULT_MAX_TENANTS: usize = 1000;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    request_bytes: IntCounterVec,
+    response_bytes: IntCounterVec,
+    in_flight: IntGaugeVec,
+    retries: IntCounterVec,
+    connect_errors: IntCounterVec,
+    timeouts: IntCounterVec,
+    pub unknown_host: IntCounter,
+    backend_up: IntGaugeVec,
+    health_failures: IntCounterVec,
+    backend_selected: IntCounterVec,
+    reloads: IntCounterVec,
+    generation: IntGauge,
+    last_success: Gauge,
+    /// Tenants, hosts, pools, backends.
+    config_counts: [IntGauge; 4],
+    pub tls_handshakes: IntCounter,
+    tls_failures: IntCounterVec,
+    cert_expiry: GaugeVec,
+    pub access_log_dropped: IntCounter,
+    max_tenants: AtomicUsize,
+    tenants: Mutex<HashMap<String, Arc<TenantMetrics>>>,
+}
+
+/// The process-wide metrics.
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(c.clone())).expect("unique metric name");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(g.clone())).expect("unique metric name");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
+    let h = HistogramVec::new(opts, &["tenant"]).expect("valid metric definition");
+    r.register(Box::new(h.clone())).expect("unique metric name");
+    h
+}
+
+impl Metrics {
+    // The definitions are constants: a failure to register them is a programming error that
+    // the unit tests below catch, never something input can cause.
+    fn new() -> Self {
+        let r = Registry::new();
+        let t = &["tenant"];
+        let b = &["tenant", "pool", "backend"];
+        let m = Self {
+            requests: counter(&r, "porteiro_requests_total", "Requests answered, by tenant, method and status class.", &["tenant", "method", "status_class"]),
+            request_duration: histogram(&r, "porteiro_request_duration_seconds", "Time from the request's arrival to the end of the response, as the client sees it."),
+            upstream_duration: histogram(&r, "porteiro_upstream_duration_seconds", "Time from choosing a backend to its response header."),
+            request_bytes: counter(&r, "porteiro_request_bytes_total", "Request body bytes received from clients.", t),
+            response_bytes: counter(&r, "porteiro_response_bytes_total", "Response body bytes sent to clients.", t),
+            in_flight: gauge(&r, "porteiro_requests_in_flight", "Requests being handled now.", t),
+            retries: counter(&r, "porteiro_upstream_retries_total", "Extra backend attempts after a failed one.", t),
+            connect_errors: counter(&r, "porteiro_upstream_connect_errors_total", "Failed connections to backends (refused, TLS, connect timeout).", t),
+            timeouts: counter(&r, "porteiro_upstream_timeouts_total", "Backend reads or writes that timed out.", t),
+            unknown_host: counter(&r, "porteiro_unknown_host_requests_total", "Requests for a host no tenant claims.", &[]).with_label_values(&[] as &[&str]),
+            backend_up: gauge(&r, "porteiro_backend_up", "1 when the backend may receive requests, else 0.", b),
+            health_failures: counter(&r, "porteiro_health_check_failures_total", "Failed active health probes.", b),
+            backend_selected: counter(&r, "porteiro_backend_selected_total", "Times the backend was chosen for a request attempt.", b),
+            reloads: counter(&r, "porteiro_config_reloads_total", "Configuration reloads by result (applied, unchanged, failed).", &["result"]),
+            generation: gauge(&r, "porteiro_config_generation", "Generation of the configuration serving now.", &[]).with_label_values(&[] as &[&str]),
+            last_success: {
+                let g = Gauge::new("porteiro_config_last_success_timestamp_seconds", "When the configuration serving now was loaded (Unix time).").expect("valid metric definition");
+                r.register(Box::new(g.clone())).expect("unique metric name");
+                g
+            },
+            config_counts: ["tenants", "hosts", "pools", "backends"].map(|kind| {
+                gauge(&r, &format!("porteiro_config_{kind}"), &format!("Configured {kind} in the configuration serving now."), &[])
+                    .with_label_values(&[] as &[&str])
+            }),
+            tls_handshakes: counter(&r, "porteiro_tls_handshakes_total", "Completed TLS handshakes.", &[]).with_label_values(&[] as &[&str]),
+            tls_failures: counter(&r, "porteiro_tls_handshake_failures_total", "TLS handshakes refused by porteiro, by reason.", &["reason"]),
+            cert_expiry: {
+                let g = GaugeVec::new(Opts::new("porteiro_certificate_expiry_timestamp_seconds", "When each tenant's certificate expires (Unix time); tenant=\"_default\" for the default certificate."), &["tenant"]).expect("valid metric definition");
+                r.register(Box::new(g.clone())).expect("unique metric name");
+                g
+            },
+            access_log_dropped: counter(&r, "porteiro_access_log_dropped_total", "Access log lines dropped because the writer fell behind.", &[]).with_label_values(&[] as &[&str]),
+            max_tenants: AtomicUsize::new(DEFAULT_MAX_TENANTS),
+            tenants: Mutex::new(HashMap::new()),
+            registry: r,
+        };
+        let info = gauge(
+            &m.registry,
+            "porteiro_build_info",
+            "Version of the running binary.",
+            &["version"],
+        );
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        #[cfg(target_os = "linux")]
+        {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = m.registry.register(Box::new(process));
+        }
+        m
+    }
+
+    pub fn set_max_tenants(&self, n: usize) {
+        self.max_tenants.store(n, Ordering::Relaxed);
+    }
+
+    /// The handles for tenant `id`: its own label while under the cap, else "_other".
+    pub fn tenant(&self, id: &str) -> Arc<TenantMetrics> {
+        let mut tenants = self.lock_tenants();
+        if let Some(t) = tenants.get(id) {
+            return t.clone();
+        }
+        let own_labels = tenants.len() - usize::from(tenants.contains_key(OTHER_TENANTS));
+        let own = own_labels < self.max_tenants.load(Ordering::Relaxed);
+        let label = if own { id } else { OTHER_TENANTS };
+        let handles = match tenants.get(label) {
+            Some(shared) => shared.clone(),
+            None => Arc::new(TenantMetrics::new(label.to_string(), self)),
+        };
+        if own {
+            tenants.insert(id.to_string(), handles.clone());
+        } else {
+            tenants.insert(OTHER_TENANTS.to_string(), handles.clone());
+        }
+        handles
+    }
+
+    /// Drops the series of tenants no longer configured, freeing their place under the cap.
+    pub fn retain_tenants(&self, configured: &HashSet<&str>) {
+        let mut tenants = self.lock_tenants();
+        let gone: Vec<String> = tenants
+            .keys()
+            .filter(|id| *id != OTHER_TENANTS && !configured.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(t) = tenants.remove(&id) {
+                self.remove_tenant_series(&t);
+            }
+        }
+    }
+
+    fn remove_tenant_series(&self, t: &TenantMetrics) {
+        let l = &[t.label.as_str()];
+        for (method, class) in t.used_cells() {
+            let _ = self
+                .requests
+                .remove_label_values(&[&t.label, method, class]);
+        }
+        let _ = self.request_duration.remove_label_values(l);
+        let _ = self.upstream_duration.remove_label_values(l);
+        for v in [
+            &self.request_bytes,
+            &self.response_bytes,
+            &self.retries,
+            &self.connect_errors,
+            &self.timeouts,
+        ] {
+            let _ = v.remove_label_values(l);
+        }
+        let _ = self.in_flight.remove_label_values(l);
+        let _ = self.cert_expiry.remove_label_values(l);
+    }
+
+    /// A counter for one backend of one tenant's pool; `None` for tenants past the cap, whose
+    /// backends get no series of their own.
+    pub fn backend_selected(&self, tenant: &str, pool: &str, backend: &str) -> Option<IntCounter> {
+        let label = self.label_for(tenant);
+        (label != OTHER_TENANTS).then(|| {
+            self.backend_selected
+                .with_label_values(&[label.as_str(), pool, backend])
+        })
+    }
+
+    /// `users` are "tenant/pool" names, as the health checker keeps them.
+    pub fn health_check_failed(&self, users: &[String], backend: &str) {
+        for user in users {
+            let Some((tenant, pool)) = user.split_once('/') else {
+                continue;
+            };
+            let label = self.label_for(tenant);
+            if label != OTHER_TENANTS {
+                self.health_failures
+                    .with_label_values(&[label.as_str(), pool, backend])
+                    .inc();
+            }
+        }
+    }
+
+    pub fn reload(&self, result: &str) {
+        self.reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn tls_refused(&self, reason: &str) {
+        self.tls_failures.with_label_values(&[reason]).inc();
+    }
+
+    fn label_for(&self, tenant: &str) -> String {
+        self.tenant(tenant).label.clone()
+    }
+
+    fn lock_tenants(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TenantMetrics>>> {
+        self.tenants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The text exposition, with state gauges refreshed from `snapshot`.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        self.refresh_state(snapshot);
+        let mut out = Vec::with_capacity(64 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    fn refresh_state(&self, snap: &Snapshot) {
+        let now = crate::upstream::now_ms();
+        self.backend_up.reset();
+        self.cert_expiry.reset();
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        for t in &snap.tenants {
+            let label = self.label_for(&t.id);
+            for pool in &t.pools {
+                for b in &pool.backends {
+                    if label == OTHER_TENANTS {
+                        continue;
+                    }
+                    let up = i64::from(b.state.is_usable(now));
+                    self.backend_up
+                        .with_label_values(&[label.as_str(), &pool.name, &b.label])
+                        .set(up);
+                }
+            }
+            if let Some(cert) = &t.cert {
+                if label != OTHER_TENANTS {
+                    self.cert_expiry
+                        .with_label_values(&[&label])
+                        .set(unix(cert.not_after));
+                }
+            }
+        }
+        if let Some(cert) = &snap.default_cert {
+            self.cert_expiry
+                .with_label_values(&["_default"])
+                .set(unix(cert.not_after));
+        }
+        let c = snap.counts();
+        self.generation.set(snap.generation as i64);
+        self.last_success.set(unix(snap.loaded_at));
+        for (gauge, n) in self
+            .config_counts
+            .iter()
+            .zip([c.tenants, c.hosts, c.pools, c.backends])
+        {
+            gauge.set(n as i64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_past_the_cap_share_one_label_and_removed_ones_free_their_place() {
+        let m = Metrics::new();
+        m.set_max_tenants(2);
+        assert_eq!(m.tenant("a").label, "a");
+        assert_eq!(m.tenant("b").label, "b");
+        assert_eq!(m.tenant("c").label, OTHER_TENANTS);
+        assert_eq!(m.tenant("d").label, OTHER_TENANTS);
+        m.tenant("a").count_request(0, 1);
+        m.retain_tenants(&["b", "c"].into_iter().collect());
+        let text = String::from_utf8({
+            let mut out = Vec::new();
+            TextEncoder::new()
+                .encode(&m.registry.gather(), &mut out)
+                .unwrap();
+            out
+        })
+        .unwrap();
+        assert!(!text.contains("tenant=\"a\""), "{text}");
+        assert_eq!(m.tenant("e").label, "e");
+    }
+}

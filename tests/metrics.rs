@@ -1,0 +1,223 @@
+//! `/metrics` and the access log, checked against traffic whose outcome is known exactly.
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn scrape(proxy: &Proxy) -> String {
+    let r = client()
+        .get(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("admin answers");
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+/// The value of the series whose line starts with `series ` (name plus labels as rendered).
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn per_tenant_counters_and_histograms_match_the_traffic() {
+    let a = Backend::start("a").await;
+    let cfg = ConfigDir::new("");
+    let log = cfg.dir.path().join("access.log");
+    std::fs::write(
+        cfg.main_file(),
+        format!(
+            "{}\n[access_log]\npath = \"{}\"\n",
+            std::fs::read_to_string(cfg.main_file()).unwrap(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    cfg.tenant(
+        "a.toml",
+        &format!(
+            "id = \"a\"\nhosts = [\"a.test\"]\n[pools.web]\nbackends = [\"{}\"]\n\
+             [[routes]]\npath_prefix = \"/app/\"\npool = \"web\"\n",
+            a.addr
+        ),
+    )
+    .tenant(
+        "b.toml",
+        &one_pool_tenant("b", &["b.test"], &[dead_addr()], "retries = 0"),
+    );
+    let proxy = Proxy::start(&cfg);
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(get(&c, &proxy, "a.test", "/app/x").await.status, 200);
+    }
+    let post = send(
+        c.post(proxy.url("/app/form"))
+            .header("host", "a.test")
+            .body("12345"),
+    )
+    .await;
+    assert_eq!(post.status, 200);
+    for _ in 0..2 {
+        assert_eq!(get(&c, &proxy, "a.test", "/elsewhere").await.status, 404);
+        assert_eq!(get(&c, &proxy, "b.test", "/").await.status, 502);
+        assert_eq!(get(&c, &proxy, "unknown.test", "/").await.status, 404);
+    }
+
+    let text = scrape(&proxy).await;
+    let v = |s: &str| value(&text, s);
+    assert_eq!(
+        v(r#"porteiro_requests_total{method="get",status_class="2xx",tenant="a"}"#),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        v(r#"porteiro_requests_total{method="post",status_class="2xx",tenant="a"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        v(r#"porteiro_requests_total{method="get",status_class="4xx",tenant="a"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        v(r#"porteiro_requests_total{method="get",status_class="5xx",tenant="b"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        v(r#"porteiro_request_duration_seconds_count{tenant="a"}"#),
+        Some(6.0)
+    );
+    assert_eq!(
+        v(r#"porteiro_upstream_duration_seconds_count{tenant="a"}"#),
+        Some(4.0)
+    );
+    assert_eq!(v(r#"porteiro_request_bytes_total{tenant="a"}"#), Some(5.0));
+    assert_eq!(
+        v(r#"porteiro_upstream_connect_errors_total{tenant="b"}"#),
+        Some(2.0)
+    );
+    assert_eq!(v(r#"porteiro_requests_in_flight{tenant="a"}"#), Some(0.0));
+    assert_eq!(v("porteiro_unknown_host_requests_total"), Some(2.0));
+    let selected = format!(
+        r#"porteiro_backend_selected_total{{backend="{}",pool="web",tenant="a"}}"#,
+        a.addr
+    );
+    assert_eq!(v(&selected), Some(4.0), "{text}");
+    assert_eq!(v("porteiro_config_tenants"), Some(2.0));
+    assert_eq!(v("porteiro_config_generation"), Some(1.0));
+    // Labels carry configured names only: no host, path or client address ever shows up.
+    for leak in ["unknown.test", "a.test", "/app/", "127.0.0.1\"}"] {
+        assert!(!text.contains(leak), "`{leak}` in metrics:\n{text}");
+    }
+    // For `promtool check metrics` after the tests (see the Makefile).
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("metrics.prom"),
+        &text,
+    );
+
+    // Every request is one JSON line with the fields an operator filters on.
+    eventually(WAIT, "10 access log lines", || async {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() == 10)
+    })
+    .await;
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let post_line = lines
+        .iter()
+        .find(|l| l["method"] == "POST")
+        .expect("the POST is logged");
+    assert_eq!(post_line["tenant"], "a");
+    assert_eq!(post_line["host"], "a.test");
+    assert_eq!(post_line["path"], "/app/form");
+    assert_eq!(post_line["status"], 200);
+    assert_eq!(post_line["bytes_in"], 5);
+    assert_eq!(post_line["upstream"], a.addr.to_string());
+    assert_eq!(post_line["client_ip"], "127.0.0.1");
+    assert_eq!(post_line["tls"], false);
+    assert!(post_line["request_id"]
+        .as_str()
+        .is_some_and(|id| id.len() >= 16));
+    assert!(post_line["duration_ms"].as_f64().is_some());
+    let unknown = lines.iter().filter(|l| l["host"] == "unknown.test").count();
+    assert_eq!(unknown, 2);
+}
+
+#[tokio::test]
+async fn a_stuck_access_log_drops_lines_instead_of_delaying_requests() {
+    let a = Backend::start("a").await;
+    let cfg = ConfigDir::new("");
+    // A FIFO nobody reads: opening it for writing blocks forever, like a hung disk.
+    let fifo = cfg.dir.path().join("stuck.log");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    std::fs::write(
+        cfg.main_file(),
+        format!(
+            "{}\n[access_log]\npath = \"{}\"\nqueue = 4\n",
+            std::fs::read_to_string(cfg.main_file()).unwrap(),
+            fifo.display()
+        ),
+    )
+    .unwrap();
+    cfg.tenant("a.toml", &one_pool_tenant("a", &["a.test"], &[a.addr], ""));
+    let proxy = Proxy::start(&cfg);
+    let c = client();
+    for _ in 0..30 {
+        assert_eq!(get(&c, &proxy, "a.test", "/").await.status, 200);
+    }
+    let text = scrape(&proxy).await;
+    assert_eq!(
+        value(&text, "porteiro_access_log_dropped_total"),
+        Some(26.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"porteiro_requests_total{method="get",status_class="2xx",tenant="a"}"#
+        ),
+        Some(30.0)
+    );
+}
+
+#[tokio::test]
+async fn tenants_past_max_tenants_share_one_label() {
+    let a = Backend::start("a").await;
+    let cfg = ConfigDir::new("");
+    std::fs::write(
+        cfg.main_file(),
+        format!(
+            "{}\n[metrics]\nmax_tenants = 1\n",
+            std::fs::read_to_string(cfg.main_file()).unwrap()
+        ),
+    )
+    .unwrap();
+    for t in ["t1", "t2", "t3"] {
+        cfg.tenant(
+            &format!("{t}.toml"),
+            &one_pool_tenant(t, &[&format!("{t}.test")], &[a.addr], ""),
+        );
+    }
+    let proxy = Proxy::start(&cfg);
+    let c = client();
+    for t in ["t1", "t2", "t3"] {
+        assert_eq!(get(&c, &proxy, &format!("{t}.test"), "/").await.status, 200);
+    }
+    let text = scrape(&proxy).await;
+    let get2xx = |t: &str| {
+        value(
+            &text,
+            &format!(r#"porteiro_requests_total{{method="get",status_class="2xx",tenant="{t}"}}"#),
+        )
+    };
+    assert_eq!(get2xx("t1"), Some(1.0), "{text}");
+    assert_eq!(get2xx("_other"), Some(2.0), "{text}");
+    assert_eq!((get2xx("t2"), get2xx("t3")), (None, None));
+}
