@@ -7,13 +7,25 @@
 #   peers.sh -p "porteiro=$PWD/load-tests/peers-porteiro.sh 18090@18090"
 #   peers.sh -s tls -p "porteiro=$PWD/load-tests/peers-porteiro.sh 18090 tls@18090"
 #
+# OBSERVE=on turns on per-tenant metrics and the access log (to a file in $WORK).
 # PORTEIRO overrides the binary (default: target/release/porteiro next to this script).
 set -euo pipefail
 port=${1:-18090}
 mode=${2:-plain}
+# OBSERVE=on: per-tenant metrics and the access log (to a file) on; off: both off.
+observe=${OBSERVE:-off}
+if [ "$observe" = on ]; then
+  observe_toml="[metrics]
+enabled = true
+[access_log]
+path = \"$WORK/porteiro-$port-access.log\""
+else
+  observe_toml="[metrics]
+enabled = false"
+fi
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${PORTEIRO:-$here/target/release/porteiro}
-dir=$WORK/porteiro
+dir=$WORK/porteiro-$port
 mkdir -p "$dir/tenants.d"
 if [ "$mode" = tls ]; then
   # Certificates get a directory of their own, as in production: porteiro watches it for
@@ -29,6 +41,7 @@ listen_tls = ["127.0.0.1:$port"]
 default_certificate = { cert = "$CERT", key = "$KEY" }
 admin = ""
 threads = 1
+$observe_toml
 TOML
   tls="tls = { cert = \"$CERT\", key = \"$KEY\" }"
 else
@@ -37,6 +50,7 @@ else
 listen = ["127.0.0.1:$port"]
 admin = ""
 threads = 1
+$observe_toml
 TOML
   tls=""
 fi

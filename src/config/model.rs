@@ -80,6 +80,8 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// Reload by itself when the main file or a tenant file changes.
     pub watch: bool,
+    /// `[metrics] enabled`: count requests per tenant (the state gauges are served either way).
+    pub metrics_enabled: bool,
     /// `[metrics] max_tenants`: tenants with series of their own; the rest share "_other".
     pub metrics_max_tenants: usize,
     /// `[access_log]`.

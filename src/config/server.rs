@@ -13,7 +13,7 @@ use super::model::{AccessLogConfig, AccessLogTarget, ServerConfig};
 use super::tls_keys::parse_tls_files;
 
 const TOP_KEYS: &[&str] = &["server", "metrics", "access_log"];
-const METRICS_KEYS: &[&str] = &["max_tenants"];
+const METRICS_KEYS: &[&str] = &["enabled", "max_tenants"];
 const ACCESS_LOG_KEYS: &[&str] = &["path", "queue"];
 const SERVER_KEYS: &[&str] = &[
     "listen",
@@ -48,6 +48,7 @@ pub fn defaults() -> ServerConfig {
         admin: Some(SocketAddr::from(([127, 0, 0, 1], 9900))),
         admin_token: None,
         watch: true,
+        metrics_enabled: true,
         metrics_max_tenants: crate::metrics::DEFAULT_MAX_TENANTS,
         access_log: AccessLogConfig {
             target: AccessLogTarget::Off,
@@ -63,6 +64,9 @@ pub fn parse(file: &Path, top: &Table, errs: &mut ConfigErrors) -> ServerConfig 
     let table = top_fields.table("server", errs);
     if let Some(t) = top_fields.table("metrics", errs) {
         let f = Fields::new(file, "metrics", t, METRICS_KEYS);
+        if let Some(b) = f.bool("enabled", errs) {
+            s.metrics_enabled = b;
+        }
         if let Some(n) = f.int("max_tenants", 1..=1_000_000, errs) {
             s.metrics_max_tenants = n as usize;
         }

@@ -53,6 +53,7 @@ pub struct Metrics {
     cert_expiry: GaugeVec,
     pub access_log_dropped: IntCounter,
     max_tenants: AtomicUsize,
+    enabled: std::sync::atomic::AtomicBool,
     tenants: Mutex<HashMap<String, Arc<TenantMetrics>>>,
 }
 
@@ -122,6 +123,7 @@ impl Metrics {
             },
             access_log_dropped: counter(&r, "porteiro_access_log_dropped_total", "Access log lines dropped because the writer fell behind.", &[]).with_label_values(&[] as &[&str]),
             max_tenants: AtomicUsize::new(DEFAULT_MAX_TENANTS),
+            enabled: std::sync::atomic::AtomicBool::new(true),
             tenants: Mutex::new(HashMap::new()),
             registry: r,
         };
@@ -142,6 +144,15 @@ impl Metrics {
 
     pub fn set_max_tenants(&self, n: usize) {
         self.max_tenants.store(n, Ordering::Relaxed);
+    }
+
+    /// Whether requests are counted per tenant (`[metrics] enabled`).
+    pub fn counting(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    pub fn set_counting(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
     }
 
     /// The handles for tenant `id`: its own label while under the cap, else "_other".

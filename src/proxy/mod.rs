@@ -65,13 +65,15 @@ impl ProxyHttp for Porteiro {
             Resolution::UnknownHost => None,
             Resolution::NoRoute(t) | Resolution::Route(t, _) => Some(*t),
         };
-        match tenant {
-            Some(t) => {
-                let m = snap.tenants[t as usize].metrics().clone();
-                ctx.in_flight = Some(InFlight::start(&m.in_flight));
-                ctx.metrics = Some(m);
+        if metrics::get().counting() {
+            match tenant {
+                Some(t) => {
+                    let m = snap.tenants[t as usize].metrics().clone();
+                    ctx.in_flight = Some(InFlight::start(&m.in_flight));
+                    ctx.metrics = Some(m);
+                }
+                None => metrics::get().unknown_host.inc(),
             }
-            None => metrics::get().unknown_host.inc(),
         }
         if let Some(t) = tenant {
             let conn = tls_policy::Connection {
@@ -157,8 +159,10 @@ impl ProxyHttp for Porteiro {
             ));
         };
         let backend = &pool.backends[index];
-        if let Some(selected) = backend.selected(ctx.tenant_id(), &pool.name) {
-            selected.inc();
+        if ctx.metrics.is_some() {
+            if let Some(selected) = backend.selected(ctx.tenant_id(), &pool.name) {
+                selected.inc();
+            }
         }
         if !ctx.tried.is_empty() {
             if let Some(m) = &ctx.metrics {

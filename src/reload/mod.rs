@@ -175,6 +175,7 @@ impl Reloader {
         let m = crate::metrics::get();
         m.reload("applied");
         m.set_max_tenants(config.server.metrics_max_tenants);
+        m.set_counting(config.server.metrics_enabled);
         m.retain_tenants(&config.tenants.iter().map(|t| t.id.as_str()).collect());
 
         let restart_required = restart_required(&state.started_with, &config.server);
