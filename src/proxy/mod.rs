@@ -178,6 +178,9 @@ impl ProxyHttp for Porteiro {
                 peer.options.verify_cert = tls.verify;
                 peer.options.verify_hostname = tls.verify;
                 peer.options.ca = tls.ca.as_ref().map(|ca| ca.certs.clone());
+                // pingora pools connections by address and SNI, not by CA: without this a
+                // connection verified against one pool's CA could serve a pool trusting another.
+                peer.group_key = tls.ca.as_ref().map_or(0, |ca| ca.fingerprint());
                 if tls.http2 {
                     peer.options.set_http_version(2, 1);
                 }

@@ -226,6 +226,13 @@ impl fmt::Debug for CaBundle {
     }
 }
 
+impl CaBundle {
+    /// Differs between bundles of different content.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+}
+
 pub fn parse_ca_bundle(file: &Path, pem: &[u8]) -> Result<CaBundle, String> {
     let shown = file.display();
     let ders = pem_certificates(pem).map_err(|r| format!("{shown}: {r}"))?;
