@@ -3,7 +3,7 @@
 
 CONFIG ?= conf/porteiro.toml
 
-.PHONY: run test check deps lint bench
+.PHONY: run test check deps lint bench promcheck
 
 deps:
 	@command -v cmake >/dev/null 2>&1 || { \
@@ -19,6 +19,16 @@ check: deps
 
 test: deps
 	cargo test --all-targets
+	@$(MAKE) --no-print-directory promcheck
+
+# The shipped alert rules, their unit tests, and a /metrics scrape taken by tests/metrics.rs.
+# Needs promtool (Debian package `prometheus`; CI installs it).
+promcheck:
+	@if command -v promtool >/dev/null 2>&1; then \
+	  promtool check rules conf/prometheus/alerts.yml && \
+	  promtool test rules conf/prometheus/alerts_test.yml && \
+	  promtool check metrics < target/tmp/metrics.prom; \
+	else echo "promtool not installed (apt-get install prometheus): alert rule and metrics format checks skipped"; fi
 
 lint: deps
 	cargo fmt --check

@@ -127,6 +127,10 @@ impl Metrics {
             tenants: Mutex::new(HashMap::new()),
             registry: r,
         };
+        // Present from the start, so the first failed reload is an increase Prometheus can see.
+        for result in ["applied", "unchanged", "failed"] {
+            m.reloads.with_label_values(&[result]);
+        }
         let info = gauge(
             &m.registry,
             "porteiro_build_info",
