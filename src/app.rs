@@ -128,6 +128,15 @@ fn build_server(
             crate::access_log::ReopenOnSignal,
         ));
     }
+    if let Some(path) = &s.quota_state_file {
+        let persister = crate::limits::QuotaPersister {
+            path: path.clone(),
+            interval: s.quota_persist_interval,
+            snapshot: snapshot.clone(),
+        };
+        persister.load();
+        server.add_service(background_service("quota counts", persister));
+    }
     if s.watch {
         server.add_service(background_service(
             "config watcher",

@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod hash;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

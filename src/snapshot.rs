@@ -17,6 +17,7 @@ use rustls::sign::CertifiedKey;
 use crate::config::model::{
     CaBundle, Config, LoadedCert, RouteAction, StaticResponse, TenantConfig,
 };
+use crate::limits::TenantLimiter;
 use crate::metrics::TenantMetrics;
 use crate::routing::{HostTable, PathRoutes};
 use crate::upstream::health::{HealthKey, HealthRegistry, HealthTarget};
@@ -40,6 +41,8 @@ pub struct Snapshot {
     pub default_cert: Option<Arc<LoadedCert>>,
     /// Where `https_redirect` sends clients.
     pub https_port: u16,
+    /// Parallel to `tenants`: each tenant's limiter, `None` when it has no limits at all.
+    pub limiters: Vec<Option<Arc<TenantLimiter>>>,
 }
 
 #[derive(Debug)]
@@ -130,6 +133,7 @@ impl Snapshot {
             tenants.push(tenant);
         }
         let health_targets = health.targets();
+        let limiters = build_limiters(config, previous);
         Snapshot {
             generation,
             loaded_at: SystemTime::now(),
@@ -142,6 +146,7 @@ impl Snapshot {
             health_targets,
             default_cert: m.default_cert.clone(),
             https_port: config.server.https_port,
+            limiters,
         }
     }
 
@@ -174,6 +179,29 @@ impl Snapshot {
             backends: pools.map(|p| p.backends.len()).sum(),
         }
     }
+}
+
+/// Each tenant's effective limits (its own, else the main file's), keeping the counters of a
+/// tenant whose limits did not change; a removed tenant's counters go with it.
+fn build_limiters(config: &Config, previous: Option<&Snapshot>) -> Vec<Option<Arc<TenantLimiter>>> {
+    let before: HashMap<&str, &Arc<TenantLimiter>> = previous
+        .map(|p| {
+            p.tenants
+                .iter()
+                .zip(&p.limiters)
+                .filter_map(|(t, l)| Some((t.id.as_ref(), l.as_ref()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    config
+        .tenants
+        .iter()
+        .map(|t| {
+            let limits = t.limits.or(&config.server.default_limits);
+            (!limits.is_empty())
+                .then(|| TenantLimiter::carry_over(limits, before.get(t.id.as_str()).copied()))
+        })
+        .collect()
 }
 
 /// Registers the backend states of a tenant carried over unchanged.

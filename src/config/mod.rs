@@ -1,9 +1,11 @@
 //! Configuration: TOML files -> validated model. Every error is collected with its file, key
 //! path and reason; a config with any error is refused whole.
 
+mod backends;
 mod duration;
 mod error;
 mod fields;
+mod limits;
 pub mod model;
 mod names;
 mod server;
@@ -133,6 +135,7 @@ fn parse_cached(
         }
     };
     server.tenants_dir = resolve_dir(main_file, &server.tenants_dir);
+    server.quota_state_file = server.quota_state_file.map(|p| resolve_dir(main_file, &p));
 
     let mut files: Vec<&(PathBuf, String)> = tenant_files.iter().collect();
     files.sort_by(|a, b| a.0.cmp(&b.0));

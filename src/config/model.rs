@@ -86,6 +86,12 @@ pub struct ServerConfig {
     pub metrics_max_tenants: usize,
     /// `[access_log]`.
     pub access_log: AccessLogConfig,
+    /// `[limits]` of the main file: the default for every tenant key left unset.
+    pub default_limits: LimitsConfig,
+    /// Where quota counts are kept across restarts; `None` keeps them in memory only.
+    pub quota_state_file: Option<PathBuf>,
+    /// How often quota counts are written (and at graceful shutdown).
+    pub quota_persist_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +127,55 @@ pub struct TenantConfig {
     pub hsts: Option<String>,
     /// Share of this tenant's requests written to the access log, 0.0..=1.0.
     pub access_log_sample: f64,
+    /// `[limits]` as written in the tenant file; unset keys take the main file's `[limits]`.
+    pub limits: LimitsConfig,
+}
+
+/// Per-tenant limits. Every key is optional; in a tenant file an unset key falls back to the
+/// main file's `[limits]`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LimitsConfig {
+    pub rate: Option<RateConfig>,
+    pub per_client_ip: Option<RateConfig>,
+    pub quota: Option<QuotaConfig>,
+    pub max_body: Option<u64>,
+    pub max_concurrent: Option<u32>,
+}
+
+impl LimitsConfig {
+    /// This tenant's keys, each falling back to `defaults`.
+    pub fn or(&self, defaults: &LimitsConfig) -> LimitsConfig {
+        LimitsConfig {
+            rate: self.rate.or(defaults.rate),
+            per_client_ip: self.per_client_ip.or(defaults.per_client_ip),
+            quota: self.quota.or(defaults.quota),
+            max_body: self.max_body.or(defaults.max_body),
+            max_concurrent: self.max_concurrent.or(defaults.max_concurrent),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == LimitsConfig::default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateConfig {
+    pub requests: u64,
+    pub per: Duration,
+    pub burst: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaConfig {
+    pub requests: u64,
+    pub per: QuotaWindow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuotaWindow {
+    Day,
+    Month,
 }
 
 /// A hostname a tenant claims: lowercase, no port, no trailing dot.

@@ -12,7 +12,7 @@ use super::fields::Fields;
 use super::model::{AccessLogConfig, AccessLogTarget, ServerConfig};
 use super::tls_keys::parse_tls_files;
 
-const TOP_KEYS: &[&str] = &["server", "metrics", "access_log"];
+const TOP_KEYS: &[&str] = &["server", "metrics", "access_log", "limits"];
 const METRICS_KEYS: &[&str] = &["enabled", "max_tenants"];
 const ACCESS_LOG_KEYS: &[&str] = &["path", "queue"];
 const SERVER_KEYS: &[&str] = &[
@@ -30,6 +30,8 @@ const SERVER_KEYS: &[&str] = &[
     "admin",
     "admin_token",
     "watch",
+    "quota_state_file",
+    "quota_persist_interval",
 ];
 
 pub fn defaults() -> ServerConfig {
@@ -54,6 +56,9 @@ pub fn defaults() -> ServerConfig {
             target: AccessLogTarget::Off,
             queue: 65536,
         },
+        default_limits: Default::default(),
+        quota_state_file: None,
+        quota_persist_interval: Duration::from_secs(10),
     }
 }
 
@@ -83,6 +88,9 @@ pub fn parse(file: &Path, top: &Table, errs: &mut ConfigErrors) -> ServerConfig 
             s.access_log.queue = n as usize;
         }
         f.finish(errs);
+    }
+    if let Some(t) = top_fields.table("limits", errs) {
+        s.default_limits = super::limits::parse_limits(file, "limits", t, errs);
     }
     top_fields.finish(errs);
     let Some(table) = table else {
@@ -172,6 +180,12 @@ pub fn parse(file: &Path, top: &Table, errs: &mut ConfigErrors) -> ServerConfig 
     }
     if let Some(b) = f.bool("watch", errs) {
         s.watch = b;
+    }
+    if let Some(p) = f.str("quota_state_file", errs) {
+        s.quota_state_file = (!p.is_empty()).then(|| PathBuf::from(p));
+    }
+    if let Some(d) = f.duration("quota_persist_interval", errs) {
+        s.quota_persist_interval = d;
     }
     f.finish(errs);
     s

@@ -1,12 +1,12 @@
 //! One tenant file: id, hosts, pools and routes.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use toml::{Table, Value};
 
+use super::backends::{parse_backend, parse_hash_key};
 use super::error::ConfigErrors;
 use super::fields::Fields;
 use super::model::*;
@@ -22,6 +22,7 @@ const TENANT_KEYS: &[&str] = &[
     "https_redirect",
     "hsts",
     "access_log_sample",
+    "limits",
 ];
 const POOL_KEYS: &[&str] = &[
     "backends",
@@ -41,7 +42,6 @@ const POOL_KEYS: &[&str] = &[
     "insecure_skip_verify",
     "http2",
 ];
-const BACKEND_KEYS: &[&str] = &["addr", "weight"];
 const HEALTH_KEYS: &[&str] = &[
     "path",
     "tcp",
@@ -101,6 +101,10 @@ pub fn parse(file: &Path, table: &Table, errs: &mut ConfigErrors) -> ParsedTenan
             }
         },
     };
+    let limits = f
+        .table("limits", errs)
+        .map(|t| super::limits::parse_limits(file, "limits", t, errs))
+        .unwrap_or_default();
     f.finish(errs);
     let tenant = Arc::new(TenantConfig {
         id: id.clone().unwrap_or_default(),
@@ -112,6 +116,7 @@ pub fn parse(file: &Path, table: &Table, errs: &mut ConfigErrors) -> ParsedTenan
         https_redirect,
         hsts,
         access_log_sample,
+        limits,
     });
     ParsedTenant { id, hosts, tenant }
 }
@@ -316,66 +321,6 @@ fn parse_pool(
     parse_upstream_tls(&f, &mut pool, probe_host, errs);
     f.finish(errs);
     pool
-}
-
-fn parse_backend(
-    file: &Path,
-    key: &str,
-    v: &Value,
-    errs: &mut ConfigErrors,
-) -> Option<BackendConfig> {
-    let (addr_text, weight) = match v {
-        Value::String(s) => (s.as_str(), 1),
-        Value::Table(t) => {
-            let f = Fields::new(file, key, t, BACKEND_KEYS);
-            f.require("addr", errs);
-            let addr = f.str("addr", errs);
-            let weight = f.int("weight", 1..=1000, errs);
-            let weight_ok = weight.is_some() || f.get("weight").is_none();
-            f.finish(errs);
-            match (addr, weight_ok) {
-                (Some(a), true) => (a, weight.unwrap_or(1) as u32),
-                _ => return None,
-            }
-        }
-        _ => {
-            errs.push(
-                file,
-                key,
-                "expected \"ip:port\" or { addr = \"ip:port\", weight = N }",
-            );
-            return None;
-        }
-    };
-    match addr_text.parse::<SocketAddr>() {
-        Ok(addr) => Some(BackendConfig { addr, weight }),
-        Err(_) => {
-            let at = if matches!(v, Value::Table(_)) {
-                format!("{key}.addr")
-            } else {
-                key.to_string()
-            };
-            errs.push(
-                file,
-                at,
-                format!("`{addr_text}` must be IP:port (DNS names are not resolved)"),
-            );
-            None
-        }
-    }
-}
-
-fn parse_hash_key(s: &str) -> Result<HashKey, String> {
-    match s {
-        "client_ip" => Ok(HashKey::ClientIp),
-        "path" => Ok(HashKey::Path),
-        _ => match s.strip_prefix("header:") {
-            Some(name) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => {
-                Ok(HashKey::Header(name.to_ascii_lowercase()))
-            }
-            _ => Err(format!("`{s}` is not one of client_ip, path, header:NAME")),
-        },
-    }
 }
 
 fn parse_health(

@@ -52,6 +52,9 @@ pub struct Metrics {
     tls_failures: IntCounterVec,
     cert_expiry: GaugeVec,
     pub access_log_dropped: IntCounter,
+    limited: IntCounterVec,
+    quota_used: IntGaugeVec,
+    quota_limit: IntGaugeVec,
     max_tenants: AtomicUsize,
     enabled: std::sync::atomic::AtomicBool,
     tenants: Mutex<HashMap<String, Arc<TenantMetrics>>>,
@@ -122,6 +125,9 @@ impl Metrics {
                 g
             },
             access_log_dropped: counter(&r, "porteiro_access_log_dropped_total", "Access log lines dropped because the writer fell behind.", &[]).with_label_values(&[] as &[&str]),
+            limited: counter(&r, "porteiro_limited_requests_total", "Requests refused by a tenant limit, by limit (rate, per_client_ip, quota, max_body, max_concurrent).", &["tenant", "limit"]),
+            quota_used: gauge(&r, "porteiro_quota_used_requests", "Requests counted against the tenant's quota in the current window.", t),
+            quota_limit: gauge(&r, "porteiro_quota_limit_requests", "The tenant's quota per window.", t),
             max_tenants: AtomicUsize::new(DEFAULT_MAX_TENANTS),
             enabled: std::sync::atomic::AtomicBool::new(true),
             tenants: Mutex::new(HashMap::new()),
@@ -242,6 +248,13 @@ impl Metrics {
         }
     }
 
+    pub fn limited(&self, tenant: &str, limit: &str) {
+        let label = self.label_for(tenant);
+        self.limited
+            .with_label_values(&[label.as_str(), limit])
+            .inc();
+    }
+
     pub fn reload(&self, result: &str) {
         self.reloads.with_label_values(&[result]).inc();
     }
@@ -295,6 +308,25 @@ impl Metrics {
                         .with_label_values(&[&label])
                         .set(unix(cert.not_after));
                 }
+            }
+        }
+        self.quota_used.reset();
+        self.quota_limit.reset();
+        for (t, l) in snap.tenants.iter().zip(&snap.limiters) {
+            let (Some(l), Some(cfg)) = (l, l.as_ref().and_then(|l| l.config.quota)) else {
+                continue;
+            };
+            let label = self.label_for(&t.id);
+            if let (Some(q), true) = (&l.quota, label != OTHER_TENANTS) {
+                let (window, used) = q.snapshot();
+                let current = crate::limits::window(cfg.per, std::time::SystemTime::now()).0;
+                let used = if window == current { used } else { 0 };
+                self.quota_used
+                    .with_label_values(&[&label])
+                    .set(used as i64);
+                self.quota_limit
+                    .with_label_values(&[&label])
+                    .set(cfg.requests as i64);
             }
         }
         if let Some(cert) = &snap.default_cert {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
+use crate::limits::Permit;
 use crate::metrics::{InFlight, TenantMetrics};
 use crate::snapshot::Snapshot;
 use crate::upstream::{InflightGuard, Pool};
@@ -33,6 +34,13 @@ pub struct RequestCtx {
     pub inflight: Option<InflightGuard>,
     /// The request came over a TLS connection.
     pub tls: bool,
+    /// The tenant's limiter permit (holds a concurrency slot) while the request lives.
+    pub permit: Option<Permit>,
+    /// `max_body` for streamed bodies, and how much body has arrived so far.
+    pub max_body: Option<u64>,
+    pub body_seen: u64,
+    /// The limit that refused this request, for logs and metrics.
+    pub refused_by: Option<&'static str>,
 }
 
 impl Default for RequestCtx {
@@ -52,6 +60,10 @@ impl Default for RequestCtx {
             tried: Vec::new(),
             inflight: None,
             tls: false,
+            permit: None,
+            max_body: None,
+            body_seen: 0,
+            refused_by: None,
         }
     }
 }

@@ -3,6 +3,8 @@
 
 mod context;
 pub mod headers;
+mod limit;
+mod log;
 mod respond;
 mod tls_policy;
 
@@ -115,6 +117,12 @@ impl ProxyHttp for Porteiro {
                 Ok(None)
             }
         };
+        if let Some(limiter) = tenant.and_then(|t| snap.limiters[t as usize].clone()) {
+            if let Err(refusal) = self.admit(session, ctx, &snap, limiter) {
+                ctx.snapshot = Some(snap);
+                return self.refuse(session, ctx, refusal).await;
+            }
+        }
         ctx.snapshot = Some(snap);
         match answer {
             Ok(None) => Ok(false),
@@ -247,6 +255,27 @@ impl ProxyHttp for Porteiro {
         e
     }
 
+    /// Streamed bodies: `max_body` applies to what actually arrives, not only Content-Length.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let (Some(max), Some(chunk)) = (ctx.max_body, body.as_ref()) {
+            ctx.body_seen += chunk.len() as u64;
+            if ctx.body_seen > max {
+                ctx.refused_by = Some("max_body");
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body larger than max_body",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Upstream request phase: set the headers porteiro vouches for.
     async fn upstream_request_filter(
         &self,
@@ -324,7 +353,7 @@ impl ProxyHttp for Porteiro {
         }
         ctx.in_flight = None;
         if access_log::enabled() && ctx.sampled() {
-            write_access_log(session, ctx, status);
+            log::write_access_log(session, ctx, status);
         }
     }
 
@@ -369,32 +398,6 @@ impl ProxyHttp for Porteiro {
             can_reuse_downstream: false,
         }
     }
-}
-
-fn write_access_log(session: &Session, ctx: &RequestCtx, status: u16) {
-    let req = session.req_header();
-    let millis = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
-    access_log::log(&access_log::Entry {
-        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        tenant: ctx.tenant_id(),
-        host: headers::request_host(req).unwrap_or(""),
-        method: req.method.as_str(),
-        path: req.uri.path(),
-        status,
-        bytes_in: session.body_bytes_read() as u64,
-        bytes_out: session.body_bytes_sent() as u64,
-        duration_ms: millis(ctx.started.elapsed()),
-        upstream: (!ctx.tried.is_empty()).then(|| ctx.backend_label()),
-        upstream_ms: ctx.upstream_elapsed.map(millis),
-        request_id: ctx
-            .request_id
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(""),
-        client_ip: ctx.client_ip.map(|ip| ip.to_string()),
-        tls: ctx.tls,
-        h2: session.is_http2(),
-    });
 }
 
 /// Whether the request came over TLS (noted in `ctx`), and the SNI the client sent.

@@ -279,6 +279,14 @@ fn restart_required(started: &ServerConfig, now: &ServerConfig) -> Vec<String> {
     );
     check("watch", started.watch != now.watch);
     check("access_log", started.access_log != now.access_log);
+    check(
+        "quota_state_file",
+        started.quota_state_file != now.quota_state_file,
+    );
+    check(
+        "quota_persist_interval",
+        started.quota_persist_interval != now.quota_persist_interval,
+    );
     keys
 }
 

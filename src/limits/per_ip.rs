@@ -1,0 +1,80 @@
+//! Rate cells per client address, memory-bounded: a fixed number of shards, each holding at
+//! most `capacity / SHARDS` addresses. Idle addresses (back to a full burst) carry no
+//! information and are dropped first; a flood of distinct addresses evicts older ones rather
+//! than growing memory.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use super::gcra::{Cell, Rate, Verdict};
+use crate::hash::stable_hash;
+
+const SHARDS: usize = 16;
+
+pub struct PerIp {
+    shards: Vec<Mutex<HashMap<IpAddr, Cell>>>,
+    per_shard: usize,
+}
+
+impl PerIp {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+        }
+    }
+
+    pub fn check(&self, ip: IpAddr, rate: &Rate, now_ns: u64) -> Verdict {
+        let key = match ip {
+            IpAddr::V4(v4) => stable_hash(&v4.octets()),
+            IpAddr::V6(v6) => stable_hash(&v6.octets()),
+        };
+        let shard = &self.shards[(key as usize) % SHARDS];
+        let mut cells = shard.lock().unwrap_or_else(|p| p.into_inner());
+        if !cells.contains_key(&ip) && cells.len() >= self.per_shard {
+            cells.retain(|_, c| !c.is_idle(now_ns));
+            if cells.len() >= self.per_shard {
+                // Everyone here is active: forget one (it restarts with a full burst).
+                if let Some(victim) = cells.keys().next().copied() {
+                    cells.remove(&victim);
+                }
+            }
+        }
+        cells.entry(ip).or_default().check(rate, now_ns)
+    }
+
+    /// Addresses currently tracked.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn addresses_are_limited_independently_and_memory_stays_bounded() {
+        let rate = Rate::new(1, Duration::from_secs(60), 1);
+        let per_ip = PerIp::new(1000);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(matches!(per_ip.check(a, &rate, 1), Verdict::Allow { .. }));
+        assert!(matches!(per_ip.check(a, &rate, 2), Verdict::Deny { .. }));
+        assert!(matches!(per_ip.check(b, &rate, 3), Verdict::Allow { .. }));
+        for i in 0..100_000u32 {
+            let ip = IpAddr::from(i.to_be_bytes());
+            per_ip.check(ip, &rate, 10);
+        }
+        assert!(per_ip.len() <= 1000 + SHARDS, "{}", per_ip.len());
+    }
+}

@@ -1,0 +1,174 @@
+//! Quotas over calendar windows (UTC days and months): which window a moment falls in, when it
+//! ends, and a counter that starts over when the window changes. Pure: time is a parameter.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::model::QuotaWindow;
+
+const DAY: u64 = 86_400;
+
+/// The window `now` falls in, as an id that only grows, and when that window ends.
+pub fn window(kind: QuotaWindow, now: SystemTime) -> (u64, SystemTime) {
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let day = secs / DAY;
+    match kind {
+        QuotaWindow::Day => (day, UNIX_EPOCH + Duration::from_secs((day + 1) * DAY)),
+        QuotaWindow::Month => {
+            let (y, m, _) = civil_from_days(day as i64);
+            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+            let next = days_from_civil(ny, nm, 1) as u64;
+            (
+                (y as u64) * 12 + u64::from(m) - 1,
+                UNIX_EPOCH + Duration::from_secs(next * DAY),
+            )
+        }
+    }
+}
+
+/// Days since 1970-01-01 -> (year, month 1..=12, day 1..=31), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Accepted requests in the current window.
+#[derive(Debug)]
+pub struct QuotaCounter {
+    kind: QuotaWindow,
+    /// (window id, requests accepted in it)
+    state: Mutex<(u64, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaVerdict {
+    Allow { remaining: u64, resets_in: Duration },
+    Spent { resets_in: Duration },
+}
+
+impl QuotaCounter {
+    pub fn new(kind: QuotaWindow) -> Self {
+        Self {
+            kind,
+            state: Mutex::new((0, 0)),
+        }
+    }
+
+    pub fn kind(&self) -> QuotaWindow {
+        self.kind
+    }
+
+    /// Counts one request against `limit` at `now` if there is room.
+    pub fn take(&self, limit: u64, now: SystemTime) -> QuotaVerdict {
+        let (id, ends) = window(self.kind, now);
+        let resets_in = ends.duration_since(now).unwrap_or_default();
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.0 != id {
+            *s = (id, 0);
+        }
+        if s.1 >= limit {
+            return QuotaVerdict::Spent { resets_in };
+        }
+        s.1 += 1;
+        QuotaVerdict::Allow {
+            remaining: limit - s.1,
+            resets_in,
+        }
+    }
+
+    /// (window id, used), for persisting.
+    pub fn snapshot(&self) -> (u64, u64) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Restores a persisted count if it belongs to the window of `now`.
+    pub fn restore(&self, window_id: u64, used: u64, now: SystemTime) {
+        if window(self.kind, now).0 == window_id {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            // Keep whichever is larger: a reload may restore into a counter already counting.
+            if s.0 != window_id || s.1 < used {
+                *s = (window_id, used);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(y: i64, m: u32, d: u32, secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(days_from_civil(y, m, d) as u64 * DAY + secs)
+    }
+
+    #[test]
+    fn calendar_windows_in_utc() {
+        assert_eq!(civil_from_days(days_from_civil(2024, 2, 29)), (2024, 2, 29));
+        let (_, ends) = window(QuotaWindow::Month, at(2026, 12, 31, 100));
+        assert_eq!(ends, at(2027, 1, 1, 0));
+        let (_, ends) = window(QuotaWindow::Day, at(2026, 11, 22, 3600));
+        assert_eq!(ends, at(2026, 11, 23, 0));
+        assert_ne!(
+            window(QuotaWindow::Month, at(2026, 1, 31, 0)).0,
+            window(QuotaWindow::Month, at(2026, 2, 1, 0)).0
+        );
+    }
+
+    #[test]
+    fn a_spent_quota_comes_back_with_the_next_window() {
+        let q = QuotaCounter::new(QuotaWindow::Day);
+        let morning = at(2026, 11, 22, 8 * 3600);
+        assert!(matches!(
+            q.take(2, morning),
+            QuotaVerdict::Allow { remaining: 1, .. }
+        ));
+        assert!(matches!(
+            q.take(2, morning),
+            QuotaVerdict::Allow { remaining: 0, .. }
+        ));
+        assert_eq!(
+            q.take(2, morning),
+            QuotaVerdict::Spent {
+                resets_in: Duration::from_secs(16 * 3600)
+            }
+        );
+        assert!(matches!(
+            q.take(2, at(2026, 11, 23, 1)),
+            QuotaVerdict::Allow { remaining: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn restored_counts_only_apply_to_their_own_window() {
+        let q = QuotaCounter::new(QuotaWindow::Month);
+        let now = at(2026, 11, 22, 0);
+        let this_month = window(QuotaWindow::Month, now).0;
+        q.restore(this_month - 1, 99, now);
+        assert!(matches!(
+            q.take(100, now),
+            QuotaVerdict::Allow { remaining: 99, .. }
+        ));
+        q.restore(this_month, 99, now);
+        assert!(matches!(
+            q.take(100, now),
+            QuotaVerdict::Allow { remaining: 0, .. }
+        ));
+    }
+}
