@@ -12,15 +12,25 @@ use crate::hash::stable_hash;
 
 const SHARDS: usize = 16;
 
+/// Sweeping a full shard for idle addresses is O(shard); do it at most this often per shard,
+/// so a flood of new addresses costs O(1) each instead.
+const SWEEP_EVERY_NS: u64 = 1_000_000_000;
+
+#[derive(Default)]
+struct Shard {
+    cells: HashMap<IpAddr, Cell>,
+    last_sweep_ns: u64,
+}
+
 pub struct PerIp {
-    shards: Vec<Mutex<HashMap<IpAddr, Cell>>>,
+    shards: Vec<Mutex<Shard>>,
     per_shard: usize,
 }
 
 impl PerIp {
     pub fn new(capacity: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
         }
     }
@@ -31,24 +41,27 @@ impl PerIp {
             IpAddr::V6(v6) => stable_hash(&v6.octets()),
         };
         let shard = &self.shards[(key as usize) % SHARDS];
-        let mut cells = shard.lock().unwrap_or_else(|p| p.into_inner());
-        if !cells.contains_key(&ip) && cells.len() >= self.per_shard {
-            cells.retain(|_, c| !c.is_idle(now_ns));
-            if cells.len() >= self.per_shard {
+        let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        if !shard.cells.contains_key(&ip) && shard.cells.len() >= self.per_shard {
+            if now_ns.saturating_sub(shard.last_sweep_ns) >= SWEEP_EVERY_NS {
+                shard.last_sweep_ns = now_ns;
+                shard.cells.retain(|_, c| !c.is_idle(now_ns));
+            }
+            if shard.cells.len() >= self.per_shard {
                 // Everyone here is active: forget one (it restarts with a full burst).
-                if let Some(victim) = cells.keys().next().copied() {
-                    cells.remove(&victim);
+                if let Some(victim) = shard.cells.keys().next().copied() {
+                    shard.cells.remove(&victim);
                 }
             }
         }
-        cells.entry(ip).or_default().check(rate, now_ns)
+        shard.cells.entry(ip).or_default().check(rate, now_ns)
     }
 
     /// Addresses currently tracked.
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).cells.len())
             .sum()
     }
 
