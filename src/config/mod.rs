@@ -265,7 +265,7 @@ fn read_tenant_files(
 ) -> std::io::Result<Vec<(PathBuf, String)>> {
     let main_name = main_file.file_name();
     let main_real = std::fs::canonicalize(main_file).ok();
-    let mut out = Vec::new();
+    let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
@@ -283,13 +283,53 @@ fn read_tenant_files(
         {
             continue;
         }
-        match std::fs::read_to_string(&path) {
+        paths.push(path);
+    }
+    paths.sort();
+    let mut out = Vec::with_capacity(paths.len());
+    for (path, read) in read_all(paths) {
+        match read {
             Ok(text) => out.push((path, text)),
             Err(e) => errs.push(&path, "", format!("cannot read: {e}")),
         }
     }
-    out.sort();
     Ok(out)
+}
+
+/// Reads files on every core: with 100,000 tenants, reading is half of a reload, and almost
+/// all of it is waiting on open() and read() one file at a time. Order is kept.
+fn read_all(paths: Vec<PathBuf>) -> Vec<(PathBuf, std::io::Result<String>)> {
+    const SMALL: usize = 256;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if workers < 2 || paths.len() < SMALL {
+        return paths
+            .into_iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(&p);
+                (p, text)
+            })
+            .collect();
+    }
+    let chunk = paths.len().div_ceil(workers);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = paths
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|p| (p.clone(), std::fs::read_to_string(p)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                // A reader thread only panics if the allocator does; nothing to salvage.
+                h.join().unwrap_or_default()
+            })
+            .collect()
+    })
 }
 
 /// Every piece is length-prefixed, so bytes moving between a name and a text, or between two
