@@ -20,14 +20,20 @@ impl Porteiro {
         limiter: Arc<TenantLimiter>,
     ) -> Result<(), limits::Refusal> {
         let req = session.req_header();
-        let forwarded: Vec<&str> = req
-            .headers
-            .get_all(headers::X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
+        // Only per-client limits need the address behind trusted proxies.
+        let client_ip = if limiter.config.per_client_ip.is_some() {
+            let forwarded: Vec<&str> = req
+                .headers
+                .get_all(headers::X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            limits::client_ip(ctx.client_ip, &forwarded, &snap.trusted_proxies)
+        } else {
+            ctx.client_ip
+        };
         let request = limits::Request {
-            client_ip: limits::client_ip(ctx.client_ip, &forwarded, &snap.trusted_proxies),
+            client_ip,
             content_length: req
                 .headers
                 .get(http::header::CONTENT_LENGTH)
