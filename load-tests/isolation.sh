@@ -9,6 +9,7 @@
 set -euo pipefail
 D=${1:-20}
 here=$(cd "$(dirname "$0")/.." && pwd)
+. "$here/load-tests/lib.sh"
 bin=${PORTEIRO:-$here/target/release/porteiro}
 W=$(mktemp -d /tmp/isolation.XXXX)
 PORT=18690; ADMIN=18691; BACK=18692
@@ -16,13 +17,7 @@ PIDS=()
 cleanup() { kill -INT "${PIDS[@]}" 2>/dev/null || true; sleep 0.5; kill -KILL "${PIDS[@]}" 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 
-head -c 1024 /dev/zero | tr '\0' x > "$W/body"
-cat > "$W/backend.conf" <<NG
-worker_processes 1; daemon off; pid $W/backend.pid; error_log $W/backend.err; user root;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 10000000;
-  server { listen 127.0.0.1:$BACK; location / { root $W; try_files /body =404; } } }
-NG
+write_backend "$W" "$BACK"
 mkdir -p "$W/tenants.d"
 cat > "$W/porteiro.toml" <<TOML
 [server]

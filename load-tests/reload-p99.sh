@@ -8,19 +8,14 @@
 set -euo pipefail
 N=${1:-100000}; D=${2:-20}; RATE=${3:-4000}
 here=$(cd "$(dirname "$0")/.." && pwd)
+. "$here/load-tests/lib.sh"
 bin=${PORTEIRO:-$here/target/release/porteiro}
 W=$(mktemp -d /tmp/reload-p99.XXXX)
 PORT=18490; ADMIN=18491; BACK=18492
 cleanup() { kill -INT "${PIDS[@]}" 2>/dev/null || true; sleep 0.5; [ -n "${KEEP:-}" ] || rm -rf "$W"; }
 PIDS=(); trap cleanup EXIT
 
-head -c 1024 /dev/zero | tr '\0' x > "$W/body"
-cat > "$W/backend.conf" <<NG
-worker_processes 1; daemon off; pid $W/backend.pid; error_log $W/backend.err; user root;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 10000000;
-  server { listen 127.0.0.1:$BACK; location / { root $W; try_files /body =404; } } }
-NG
+write_backend "$W" "$BACK"
 taskset -c 1 nginx -c "$W/backend.conf" & PIDS+=($!)
 
 python3 - "$W" "$N" "$PORT" "$ADMIN" "$BACK" <<'PY'

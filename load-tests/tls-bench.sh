@@ -11,6 +11,7 @@
 set -euo pipefail
 D=${1:-8}
 here=$(cd "$(dirname "$0")/.." && pwd)
+. "$here/load-tests/lib.sh"
 bin=${PORTEIRO:-$here/target/release/porteiro}
 W=$(mktemp -d /tmp/tls-bench.XXXX); chmod 755 "$W"
 BACK=18580; NGX=18581; POR=18582
@@ -22,14 +23,8 @@ mkdir -p "$W/certs" "$W/p/tenants.d"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj "/CN=example.com" -addext "subjectAltName=DNS:example.com,DNS:*.example.com" \
   -keyout "$W/certs/key.pem" -out "$W/certs/cert.pem" 2>/dev/null
-head -c 1024 /dev/zero | tr '\0' x > "$W/body"; chmod 644 "$W"/body "$W"/certs/*
-
-cat > "$W/backend.conf" <<NG
-worker_processes 1; daemon off; pid $W/backend.pid; error_log $W/backend.err; user root;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 10000000;
-  server { listen 127.0.0.1:$BACK backlog=4096; location / { root $W; try_files /body =404; } } }
-NG
+chmod 644 "$W"/certs/*
+write_backend "$W" "$BACK"
 cat > "$W/nginx.conf" <<NG
 worker_processes 1; daemon off; pid $W/nginx.pid; error_log $W/nginx.err; user root;
 events { worker_connections 8192; }
