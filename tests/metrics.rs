@@ -221,3 +221,45 @@ async fn tenants_past_max_tenants_share_one_label() {
     assert_eq!(get2xx("_other"), Some(2.0), "{text}");
     assert_eq!((get2xx("t2"), get2xx("t3")), (None, None));
 }
+
+#[tokio::test]
+async fn sigusr1_reopens_the_access_log_after_rotation() {
+    let a = Backend::start("a").await;
+    let cfg = ConfigDir::new("");
+    let log = cfg.dir.path().join("access.log");
+    let rotated = cfg.dir.path().join("access.log.1");
+    std::fs::write(
+        cfg.main_file(),
+        format!(
+            "{}\n[access_log]\npath = \"{}\"\n",
+            std::fs::read_to_string(cfg.main_file()).unwrap(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    cfg.tenant("a.toml", &one_pool_tenant("a", &["a.test"], &[a.addr], ""));
+    let proxy = Proxy::start(&cfg);
+    let c = client();
+    assert_eq!(get(&c, &proxy, "a.test", "/before").await.status, 200);
+    eventually(WAIT, "the first line is written", || async {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/before"))
+    })
+    .await;
+    // What logrotate does: move the file, then signal.
+    std::fs::rename(&log, &rotated).unwrap();
+    // SAFETY: signalling the child process this test started.
+    assert_eq!(unsafe { libc::kill(proxy.pid(), libc::SIGUSR1) }, 0);
+    eventually(
+        WAIT,
+        "lines go to a new file at the configured path",
+        || async {
+            get(&c, &proxy, "a.test", "/after").await;
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/after"))
+        },
+    )
+    .await;
+    assert!(std::fs::read_to_string(&rotated)
+        .unwrap()
+        .contains("/before"));
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("/before"));
+}

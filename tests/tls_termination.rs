@@ -296,19 +296,21 @@ async fn plain_http_is_redirected_and_hsts_is_sent_over_tls_only() {
     );
 }
 
-/// A backend that speaks HTTPS with `issued`, answering like `Backend`.
+/// A backend that speaks HTTPS with `issued` (HTTP/2 or HTTP/1.1 by ALPN); it answers with
+/// the protocol version it received in `x-backend-version`.
 async fn tls_backend(issued: &Issued) -> SocketAddr {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = vec![CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap()];
     let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -319,17 +321,20 @@ async fn tls_backend(issued: &Issued) -> SocketAddr {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = hyper::service::service_fn(|_req| async {
+                let service = hyper::service::service_fn(|req: hyper::Request<_>| async move {
                     Ok::<_, std::convert::Infallible>(
                         hyper::Response::builder()
                             .header("x-backend", "tls-backend")
+                            .header("x-backend-version", format!("{:?}", req.version()))
                             .body(http_body_util::Full::new(bytes::Bytes::from("secure\n")))
                             .unwrap(),
                     )
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
             });
         }
     });
