@@ -13,6 +13,7 @@ pub const X_REQUEST_ID: &str = "x-request-id";
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
+const FORWARDED: &str = "forwarded";
 
 /// What the proxy knows about the request that the backend should be told.
 pub struct Forwarding<'a> {
@@ -55,6 +56,11 @@ pub fn apply(req: &mut RequestHeader, f: &Forwarding) -> pingora::Result<()> {
         if !f.host.is_empty() {
             req.insert_header(X_FORWARDED_HOST, f.host)?;
         }
+    }
+    // RFC 7239 `Forwarded` says the same as X-Forwarded-*; porteiro does not write it, so an
+    // untrusted client's must not reach a backend that might believe it.
+    if !f.trusted_peer {
+        req.remove_header(FORWARDED);
     }
     if let Some(host) = f.host_rewrite {
         req.insert_header(HOST, host.clone())?;
@@ -172,9 +178,11 @@ mod tests {
             ("X-Forwarded-For", "6.6.6.6"),
             ("X-Forwarded-Proto", "https"),
             ("X-Forwarded-Host", "evil.example"),
+            ("Forwarded", "for=6.6.6.6;proto=https"),
             ("Host", "acme.example.com"),
         ]);
         forward(&mut r, false);
+        assert!(get(&r, "forwarded").is_empty());
         assert_eq!(get(&r, "x-tenant-id"), vec!["acme"]);
         assert_eq!(get(&r, "x-forwarded-for"), vec!["192.0.2.7"]);
         assert_eq!(get(&r, "x-forwarded-proto"), vec!["http"]);
