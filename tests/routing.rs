@@ -178,3 +178,45 @@ async fn request_without_host_is_rejected() {
     );
     assert_eq!(w.web.hits(), 0);
 }
+
+/// Sends `path` exactly as written (HTTP clients would resolve dot segments themselves).
+async fn raw_get(proxy: &Proxy, host: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.read_to_end(&mut answer),
+    )
+    .await
+    .expect("an answer")
+    .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn dot_segments_are_resolved_before_routing_and_forwarding() {
+    let (api, web) = (Backend::start("api").await, Backend::start("web").await);
+    let cfg = ConfigDir::new("");
+    cfg.tenant(
+        "a.toml",
+        &format!(
+            "id = \"a\"\nhosts = [\"a.test\"]\n[pools.api]\nbackends = [\"{}\"]\n[pools.web]\nbackends = [\"{}\"]\n\
+             [[routes]]\npath_prefix = \"/api/\"\npool = \"api\"\n\
+             [[routes]]\npath_prefix = \"/admin\"\nrespond = {{ status = 403, body = \"no\" }}\n\
+             [[routes]]\npath_prefix = \"/\"\npool = \"web\"\n",
+            api.addr, web.addr
+        ),
+    );
+    let proxy = Proxy::start(&cfg);
+    let escaped = raw_get(&proxy, "a.test", "/api/../admin").await;
+    assert!(escaped.starts_with("HTTP/1.1 403"), "{escaped}");
+    let encoded = raw_get(&proxy, "a.test", "/api/%2e%2e/admin").await;
+    assert!(encoded.starts_with("HTTP/1.1 403"), "{encoded}");
+    assert_eq!(api.hits(), 0);
+    let dotted = raw_get(&proxy, "a.test", "/api/./v1//users?x=1").await;
+    assert!(dotted.starts_with("HTTP/1.1 200"), "{dotted}");
+    assert_eq!(api.seen()[0].path, "/api/v1/users");
+}

@@ -41,6 +41,8 @@ pub struct RequestCtx {
     pub body_seen: u64,
     /// The limit that refused this request, for logs and metrics.
     pub refused_by: Option<&'static str>,
+    /// The request path with dot segments resolved, when that differs from what was sent.
+    pub normalized_path: Option<String>,
 }
 
 impl Default for RequestCtx {
@@ -64,6 +66,7 @@ impl Default for RequestCtx {
             max_body: None,
             body_seen: 0,
             refused_by: None,
+            normalized_path: None,
         }
     }
 }

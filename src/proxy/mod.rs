@@ -22,6 +22,7 @@ use crate::access_log;
 use crate::config::model::HashKey;
 use crate::hash::stable_hash;
 use crate::metrics::{self, InFlight};
+use crate::routing::normalize_path;
 use crate::snapshot::{Resolution, Route, SharedSnapshot};
 use crate::tls::ClientSni;
 use crate::upstream::now_ms;
@@ -62,7 +63,9 @@ impl ProxyHttp for Porteiro {
         let Some(host) = headers::request_host(req) else {
             return self.answer_error(session, ctx, 400).await;
         };
-        let resolution = snap.resolve(host, req.uri.path());
+        ctx.normalized_path = normalize_path(req.uri.path());
+        let path = ctx.normalized_path.as_deref().unwrap_or(req.uri.path());
+        let resolution = snap.resolve(host, path);
         let tenant = match &resolution {
             Resolution::UnknownHost => None,
             Resolution::NoRoute(t) | Resolution::Route(t, _) => Some(*t),
@@ -289,6 +292,16 @@ impl ProxyHttp for Porteiro {
                 "request reached upstream unrouted",
             ));
         };
+        if let Some(path) = &ctx.normalized_path {
+            // The backend gets the path the request was routed by.
+            let uri = match upstream.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            };
+            if let Ok(uri) = uri.parse() {
+                upstream.set_uri(uri);
+            }
+        }
         let trusted_peer = ctx.client_ip.is_some_and(|ip| snap.is_trusted_proxy(ip));
         let host = headers::request_host(session.req_header()).unwrap_or("");
         headers::apply(

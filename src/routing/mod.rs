@@ -3,4 +3,4 @@ pub mod hosts;
 pub mod paths;
 
 pub use hosts::{normalize_host, HostTable};
-pub use paths::PathRoutes;
+pub use paths::{normalize_path, PathRoutes};
