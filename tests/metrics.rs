@@ -28,15 +28,7 @@ async fn per_tenant_counters_and_histograms_match_the_traffic() {
     let a = Backend::start("a").await;
     let cfg = ConfigDir::new("");
     let log = cfg.dir.path().join("access.log");
-    std::fs::write(
-        cfg.main_file(),
-        format!(
-            "{}\n[access_log]\npath = \"{}\"\n",
-            std::fs::read_to_string(cfg.main_file()).unwrap(),
-            log.display()
-        ),
-    )
-    .unwrap();
+    cfg.append_main(&format!("[access_log]\npath = \"{}\"", log.display()));
     cfg.tenant(
         "a.toml",
         &format!(
@@ -157,15 +149,10 @@ async fn a_stuck_access_log_drops_lines_instead_of_delaying_requests() {
     let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
-    std::fs::write(
-        cfg.main_file(),
-        format!(
-            "{}\n[access_log]\npath = \"{}\"\nqueue = 4\n",
-            std::fs::read_to_string(cfg.main_file()).unwrap(),
-            fifo.display()
-        ),
-    )
-    .unwrap();
+    cfg.append_main(&format!(
+        "[access_log]\npath = \"{}\"\nqueue = 4",
+        fifo.display()
+    ));
     cfg.tenant("a.toml", &one_pool_tenant("a", &["a.test"], &[a.addr], ""));
     let proxy = Proxy::start(&cfg);
     let c = client();
@@ -191,14 +178,7 @@ async fn a_stuck_access_log_drops_lines_instead_of_delaying_requests() {
 async fn tenants_past_max_tenants_share_one_label() {
     let a = Backend::start("a").await;
     let cfg = ConfigDir::new("");
-    std::fs::write(
-        cfg.main_file(),
-        format!(
-            "{}\n[metrics]\nmax_tenants = 1\n",
-            std::fs::read_to_string(cfg.main_file()).unwrap()
-        ),
-    )
-    .unwrap();
+    cfg.append_main("[metrics]\nmax_tenants = 1");
     for t in ["t1", "t2", "t3"] {
         cfg.tenant(
             &format!("{t}.toml"),
@@ -228,15 +208,7 @@ async fn sigusr1_reopens_the_access_log_after_rotation() {
     let cfg = ConfigDir::new("");
     let log = cfg.dir.path().join("access.log");
     let rotated = cfg.dir.path().join("access.log.1");
-    std::fs::write(
-        cfg.main_file(),
-        format!(
-            "{}\n[access_log]\npath = \"{}\"\n",
-            std::fs::read_to_string(cfg.main_file()).unwrap(),
-            log.display()
-        ),
-    )
-    .unwrap();
+    cfg.append_main(&format!("[access_log]\npath = \"{}\"", log.display()));
     cfg.tenant("a.toml", &one_pool_tenant("a", &["a.test"], &[a.addr], ""));
     let proxy = Proxy::start(&cfg);
     let c = client();

@@ -223,6 +223,12 @@ impl ConfigDir {
         std::fs::write(self.main_file(), main).unwrap();
     }
 
+    /// Appends `text` (tables such as `[access_log]`) to the main file, after `[server]`.
+    pub fn append_main(&self, text: &str) {
+        let main = std::fs::read_to_string(self.main_file()).unwrap();
+        std::fs::write(self.main_file(), format!("{main}\n{text}\n")).unwrap();
+    }
+
     pub fn tenant_path(&self, file: &str) -> PathBuf {
         self.dir.path().join("tenants.d").join(file)
     }
