@@ -12,6 +12,7 @@ pub mod config;
 pub mod hash;
 pub mod limits;
 pub mod metrics;
+pub mod priority;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
