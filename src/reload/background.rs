@@ -40,7 +40,7 @@ where
         Err(_) => {
             tracing::info!(
                 after_s = PATIENCE.as_secs(),
-                "reload still running on a busy machine; raising its CPU priority"
+                "reload still running; raising its CPU priority so that a busy machine cannot starve it"
             );
             job.raise();
             rx.await.ok()
@@ -55,7 +55,7 @@ pub(super) fn retire<T: Send + Sync + 'static>(old: Arc<T>) {
     let spawned = std::thread::Builder::new()
         .name("porteiro-retire".into())
         .spawn(move || {
-            // Never raised: freeing memory late on a saturated machine harms nobody.
+            // Never raised: on a saturated machine, freeing late only holds memory longer.
             let _member = Job::new().join();
             let deadline = Instant::now() + RETIRE_PATIENCE;
             // Bounded: a request that outlives the patience (a long stream) frees it itself.
