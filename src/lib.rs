@@ -12,7 +12,6 @@ pub mod config;
 pub mod hash;
 pub mod limits;
 pub mod metrics;
-pub mod priority;
 pub mod proxy;
 pub mod reload;
 pub mod routing;

@@ -311,15 +311,11 @@ fn read_all(paths: Vec<PathBuf>) -> Vec<(PathBuf, std::io::Result<String>)> {
             .collect();
     }
     let chunk = paths.len().div_ceil(workers);
-    // Readers for a reload run at the reload's priority.
-    let job = crate::priority::current_job();
     std::thread::scope(|scope| {
         let handles: Vec<_> = paths
             .chunks(chunk)
             .map(|part| {
-                let job = job.clone();
                 scope.spawn(move || {
-                    let _member = job.as_ref().map(crate::priority::Job::join);
                     part.iter()
                         .map(|p| (p.clone(), std::fs::read_to_string(p)))
                         .collect::<Vec<_>>()
