@@ -25,6 +25,8 @@ async fn forwarding_headers_replace_what_the_client_sent() {
             .header("x-forwarded-for", "6.6.6.6")
             .header("x-forwarded-proto", "https")
             .header("x-forwarded-host", "evil.example")
+            .header("x-real-ip", "6.6.6.6")
+            .header("x-original-url", "/admin")
             .header("x-request-id", "client-id-42"),
     )
     .await;
@@ -39,11 +41,52 @@ async fn forwarding_headers_replace_what_the_client_sent() {
     assert_eq!(seen.header("x-forwarded-proto"), vec!["http"]);
     assert_eq!(seen.header("x-forwarded-host"), vec!["acme.example.com"]);
     assert_eq!(seen.header("x-request-id"), vec!["client-id-42"]);
+    assert!(seen.header("x-real-ip").is_empty());
+    assert!(seen.header("x-original-url").is_empty());
     assert_eq!(
         seen.header("host"),
         vec!["acme.example.com"],
         "Host is preserved"
     );
+}
+
+/// Sends `head` as written and returns the answer's status line.
+async fn raw(proxy: &Proxy, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.read_to_end(&mut answer),
+    )
+    .await
+    .expect("an answer")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    answer.lines().next().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn the_backend_sees_only_the_host_porteiro_routed_by() {
+    let (b, proxy, _cfg) = setup("", "").await;
+    let close = "Connection: close\r\n\r\n";
+    let status = raw(
+        &proxy,
+        &format!("GET http://acme.example.com/x HTTP/1.1\r\nHost: acme.example.com\r\n{close}"),
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(b.seen()[0].header("host"), vec!["acme.example.com"]);
+    // A Host that contradicts the absolute-form target, or a second Host, routes nowhere.
+    for head in [
+        format!("GET http://acme.example.com/x HTTP/1.1\r\nHost: globex.example.com\r\n{close}"),
+        format!("GET /x HTTP/1.1\r\nHost: acme.example.com\r\nHost: globex.example.com\r\n{close}"),
+    ] {
+        let status = raw(&proxy, &head).await;
+        assert!(status.starts_with("HTTP/1.1 400"), "{head:?}: {status}");
+    }
+    assert_eq!(b.hits(), 1);
 }
 
 #[tokio::test]

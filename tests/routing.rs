@@ -215,7 +215,13 @@ async fn dot_segments_are_resolved_before_routing_and_forwarding() {
     assert!(escaped.starts_with("HTTP/1.1 403"), "{escaped}");
     let encoded = raw_get(&proxy, "a.test", "/api/%2e%2e/admin").await;
     assert!(encoded.starts_with("HTTP/1.1 403"), "{encoded}");
-    assert_eq!(api.hits(), 0);
+    let unreserved = raw_get(&proxy, "a.test", "/%61dmin").await;
+    assert!(unreserved.starts_with("HTTP/1.1 403"), "{unreserved}");
+    for ambiguous in ["/api/..;/admin", "/api/%5c../admin", "/api/x%00"] {
+        let answer = raw_get(&proxy, "a.test", ambiguous).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{ambiguous}: {answer}");
+    }
+    assert_eq!(api.hits() + web.hits(), 0);
     let dotted = raw_get(&proxy, "a.test", "/api/./v1//users?x=1").await;
     assert!(dotted.starts_with("HTTP/1.1 200"), "{dotted}");
     assert_eq!(api.seen()[0].path, "/api/v1/users");

@@ -62,13 +62,38 @@ pub fn apply(req: &mut RequestHeader, f: &Forwarding) -> pingora::Result<()> {
     if !f.trusted_peer {
         req.remove_header(FORWARDED);
     }
+    if !f.trusted_peer {
+        for name in UNVOUCHED {
+            req.remove_header(*name);
+        }
+    }
+    // Exactly one Host, the one porteiro routed by: a client's absolute-form URI with another
+    // Host header must not reach the backend as the other tenant's host. (An HTTP/2 client
+    // sends :authority and no Host; an HTTP/1.1 backend needs Host.)
     if let Some(host) = f.host_rewrite {
         req.insert_header(HOST, host.clone())?;
-    } else if !req.headers.contains_key(HOST) && !f.host.is_empty() {
-        // An HTTP/2 client sends :authority and no Host; an HTTP/1.1 backend needs Host.
+    } else if !f.host.is_empty() {
         req.insert_header(HOST, f.host)?;
     }
     Ok(())
+}
+
+/// Headers some backends believe (client address, scheme, port, prefix, a rewritten URL)
+/// that porteiro does not write: from anyone but a trusted proxy they are removed.
+const UNVOUCHED: &[&str] = &[
+    "x-real-ip",
+    "x-client-ip",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// At most one Host header (RFC 9112 3.2: more than one is a 400).
+pub fn single_host(req: &RequestHeader) -> bool {
+    req.headers.get_all(HOST).iter().nth(1).is_none()
 }
 
 /// Every value of a repeated header, joined by ", " as RFC 9110 allows.
@@ -189,6 +214,32 @@ mod tests {
         assert_eq!(get(&r, "x-forwarded-host"), vec!["acme.example.com"]);
         assert_eq!(get(&r, "x-request-id"), vec!["rid-1"]);
         assert_eq!(get(&r, "host"), vec!["acme.example.com"]);
+    }
+
+    #[test]
+    fn headers_porteiro_does_not_write_are_dropped_unless_trusted() {
+        let sent = [
+            ("X-Real-IP", "6.6.6.6"),
+            ("X-Original-URL", "/admin"),
+            ("X-Forwarded-Port", "443"),
+            ("Host", "other.example.com"),
+            ("Host", "third.example.com"),
+        ];
+        let mut r = req(&sent);
+        forward(&mut r, false);
+        for name in ["x-real-ip", "x-original-url", "x-forwarded-port"] {
+            assert!(get(&r, name).is_empty(), "{name} passed through");
+        }
+        assert_eq!(
+            get(&r, "host"),
+            vec!["acme.example.com"],
+            "the routed host only"
+        );
+        let mut r = req(&sent);
+        forward(&mut r, true);
+        assert_eq!(get(&r, "x-real-ip"), vec!["6.6.6.6"]);
+        assert!(!single_host(&req(&sent)));
+        assert!(single_host(&req(&sent[..3])));
     }
 
     #[test]

@@ -60,10 +60,14 @@ impl ProxyHttp for Porteiro {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let Some(host) = headers::request_host(req) else {
+        // Two Host headers could route by one and reach the backend with the other.
+        let Some(host) = headers::request_host(req).filter(|_| headers::single_host(req)) else {
             return self.answer_error(session, ctx, 400).await;
         };
-        ctx.normalized_path = normalize_path(req.uri.path());
+        let Ok(normalized) = normalize_path(req.uri.path()) else {
+            return self.answer_error(session, ctx, 400).await;
+        };
+        ctx.normalized_path = normalized;
         let path = ctx.normalized_path.as_deref().unwrap_or(req.uri.path());
         let resolution = snap.resolve(host, path);
         let tenant = match &resolution {

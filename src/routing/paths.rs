@@ -60,34 +60,53 @@ mod tests {
     }
 }
 
-/// The path a request is routed by: dot segments (`.`, `..`, also percent-encoded) resolved
-/// as RFC 3986 5.2.4 does, and repeated slashes merged, so `/api/../admin` is routed (and
-/// forwarded) as `/admin`, the path a backend would serve. `None` when nothing changes, the
-/// common case, which allocates nothing.
-pub fn normalize_path(path: &str) -> Option<String> {
-    let suspicious =
-        path.contains("//") || path.split('/').any(|seg| is_dot(seg) || is_dot_dot(seg));
+/// A path porteiro refuses (400): backends disagree on what it means, so any route decision
+/// made on it could be undone by the backend.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AmbiguousPath;
+
+/// The path a request is routed by: percent-encoded unreserved characters decoded (RFC 3986
+/// 6.2.2.2, so `/%61dmin` is `/admin`), dot segments resolved as 5.2.4 does and repeated
+/// slashes merged, so `/api/../admin` is routed (and forwarded) as `/admin`, the path a backend
+/// would serve. `Ok(None)` when nothing changes, the common case, which allocates nothing.
+///
+/// Refused: a backslash or `%5C` (a slash to some servers), `%00`, and a dot segment carrying
+/// parameters (`..;/`, which Java servers read as `..`). An encoded slash (`%2F`) stays
+/// encoded and is not a separator: APIs use it inside identifiers.
+pub fn normalize_path(path: &str) -> Result<Option<String>, AmbiguousPath> {
+    if path.contains('\\') {
+        return Err(AmbiguousPath);
+    }
+    let decoded = decode_unreserved(path)?;
+    let text = decoded.as_deref().unwrap_or(path);
+    let mut suspicious = text.contains("//");
+    for seg in text.split('/') {
+        if seg.starts_with(".;") || seg.starts_with("..;") {
+            return Err(AmbiguousPath);
+        }
+        suspicious |= seg == "." || seg == "..";
+    }
     if !suspicious {
-        return None;
+        return Ok(decoded);
     }
     let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let segments: Vec<&str> = text.split('/').skip(1).collect();
     let last = segments.len().saturating_sub(1);
     let mut trailing_slash = false;
     for (i, seg) in segments.iter().enumerate() {
-        if is_dot(seg) {
-            trailing_slash = i == last;
-        } else if is_dot_dot(seg) {
-            out.pop();
-            trailing_slash = i == last;
-        } else if seg.is_empty() {
-            trailing_slash = i == last;
-        } else {
-            out.push(seg);
-            trailing_slash = false;
+        match *seg {
+            "." | "" => trailing_slash = i == last,
+            ".." => {
+                out.pop();
+                trailing_slash = i == last;
+            }
+            _ => {
+                out.push(seg);
+                trailing_slash = false;
+            }
         }
     }
-    let mut normal = String::with_capacity(path.len());
+    let mut normal = String::with_capacity(text.len());
     for seg in &out {
         normal.push('/');
         normal.push_str(seg);
@@ -95,35 +114,91 @@ pub fn normalize_path(path: &str) -> Option<String> {
     if trailing_slash || normal.is_empty() {
         normal.push('/');
     }
-    (normal != path).then_some(normal)
+    Ok((normal != path).then_some(normal))
 }
 
-fn is_dot(seg: &str) -> bool {
-    seg == "." || seg.eq_ignore_ascii_case("%2e")
-}
-
-fn is_dot_dot(seg: &str) -> bool {
-    matches!(seg.len(), 2 | 4 | 6) && seg.to_ascii_lowercase().replace("%2e", ".").eq("..")
+/// `%XX` escapes of unreserved characters replaced by the character; other escapes kept as
+/// sent. `None` when there is nothing to decode.
+fn decode_unreserved(path: &str) -> Result<Option<String>, AmbiguousPath> {
+    if !path.contains('%') {
+        return Ok(None);
+    }
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match escaped {
+            Some(0) | Some(b'\\') => return Err(AmbiguousPath),
+            Some(b) if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => {
+                out.push(b as char);
+                changed = true;
+                i += 3;
+            }
+            _ => {
+                // The path is a &str, so copying up to the next '%' keeps UTF-8 whole.
+                let next = path[i + 1..].find('%').map_or(bytes.len(), |n| i + 1 + n);
+                out.push_str(&path[i..next]);
+                i = next;
+            }
+        }
+    }
+    Ok(changed.then_some(out))
 }
 
 #[cfg(test)]
 mod normalize_tests {
-    use super::normalize_path;
+    use super::{normalize_path, AmbiguousPath};
+
+    fn norm(p: &str) -> Option<String> {
+        normalize_path(p).expect("accepted")
+    }
 
     #[test]
     fn dot_segments_and_double_slashes() {
-        assert_eq!(normalize_path("/api/users"), None);
-        assert_eq!(normalize_path("/"), None);
-        assert_eq!(normalize_path("/api/../admin").as_deref(), Some("/admin"));
+        assert_eq!(norm("/api/users"), None);
+        assert_eq!(norm("/"), None);
+        assert_eq!(norm("/api/../admin").as_deref(), Some("/admin"));
+        assert_eq!(norm("/api/%2e%2E/admin").as_deref(), Some("/admin"));
+        assert_eq!(norm("/a/./b/").as_deref(), Some("/a/b/"));
+        assert_eq!(norm("/../../etc").as_deref(), Some("/etc"));
+        assert_eq!(norm("//api//x").as_deref(), Some("/api/x"));
+        assert_eq!(norm("/a/..").as_deref(), Some("/"));
+        assert_eq!(norm("/a/b/..").as_deref(), Some("/a/"));
+        assert_eq!(norm("/a..b/.c"), None);
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_others_kept() {
+        assert_eq!(norm("/%61dmin").as_deref(), Some("/admin"));
+        assert_eq!(norm("/%7Euser/%41").as_deref(), Some("/~user/A"));
+        assert_eq!(norm("/a%2Fb"), None, "an encoded slash is data");
+        assert_eq!(norm("/a%20b%"), None);
+        assert_eq!(norm("/caf%C3%A9/%61").as_deref(), Some("/caf%C3%A9/a"));
+        assert_eq!(norm("/é/%2e%2e/x").as_deref(), Some("/x"));
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        for p in [
+            "/a\\..\\admin",
+            "/a%5cadmin",
+            "/a%5Cadmin",
+            "/a%00",
+            "/api/..;/admin",
+            "/api/.;x/admin",
+            "/api/%2e%2e;/admin",
+        ] {
+            assert_eq!(normalize_path(p), Err(AmbiguousPath), "{p}");
+        }
         assert_eq!(
-            normalize_path("/api/%2e%2E/admin").as_deref(),
-            Some("/admin")
+            norm("/a;b/c;d=1"),
+            None,
+            "parameters on other segments are fine"
         );
-        assert_eq!(normalize_path("/a/./b/").as_deref(), Some("/a/b/"));
-        assert_eq!(normalize_path("/../../etc").as_deref(), Some("/etc"));
-        assert_eq!(normalize_path("//api//x").as_deref(), Some("/api/x"));
-        assert_eq!(normalize_path("/a/..").as_deref(), Some("/"));
-        assert_eq!(normalize_path("/a/b/..").as_deref(), Some("/a/"));
-        assert_eq!(normalize_path("/a..b/.c"), None);
     }
 }
