@@ -18,6 +18,9 @@ const LIMITS_KEYS: &[&str] = &[
 ];
 const RATE_KEYS: &[&str] = &["requests", "per", "burst"];
 const QUOTA_KEYS: &[&str] = &["requests", "per"];
+/// A rate period outside these bounds is a typo (or no limit at all).
+const MIN_PER: Duration = Duration::from_millis(1);
+const MAX_PER: Duration = Duration::from_secs(366 * 86_400);
 
 pub fn parse_limits(file: &Path, key: &str, t: &Table, errs: &mut ConfigErrors) -> LimitsConfig {
     let f = Fields::new(file, key, t, LIMITS_KEYS);
@@ -79,7 +82,13 @@ fn parse_rate(file: &Path, key: &str, t: &Table, errs: &mut ConfigErrors) -> Opt
     let requests = f.int("requests", 1..=1_000_000_000, errs);
     let per = match f.get("per") {
         None => Some(Duration::from_secs(1)),
-        Some(_) => f.duration("per", errs),
+        Some(_) => f.duration("per", errs).filter(|per| {
+            let sane = (MIN_PER..=MAX_PER).contains(per);
+            if !sane {
+                errs.push(file, f.path("per"), "must be between 1ms and 366d");
+            }
+            sane
+        }),
     };
     let burst = f.int("burst", 1..=1_000_000_000, errs);
     let burst_ok = burst.is_some() || f.get("burst").is_none();
@@ -147,7 +156,7 @@ mod tests {
     #[test]
     fn mistakes_name_their_key() {
         let (_, errs) = parse(
-            "rate = { per = \"1s\" }\nquota = { requests = 1, per = \"week\" }\nmax_body = \"50 parsecs\"\n\
+            "rate = { per = \"1s\" }\nper_client_ip = { requests = 1, per = \"400d\" }\nquota = { requests = 1, per = \"week\" }\nmax_body = \"50 parsecs\"\n\
              max_concurrent = 0\nburst = 3\n",
         );
         let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
@@ -155,6 +164,7 @@ mod tests {
             keys,
             [
                 "limits.rate.requests",
+                "limits.per_client_ip.per",
                 "limits.quota.per",
                 "limits.max_body",
                 "limits.max_concurrent",

@@ -18,7 +18,7 @@ pub fn client_ip(
     }
     let mut last = peer;
     for entry in forwarded_for.iter().rev().flat_map(|h| h.rsplit(',')) {
-        let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+        let Some(ip) = parse_entry(entry.trim()) else {
             // Garbage in the chain: stop at the last address we could vouch for.
             return Some(last);
         };
@@ -28,6 +28,16 @@ pub fn client_ip(
         last = ip;
     }
     Some(last)
+}
+
+/// One `X-Forwarded-For` entry: an address, possibly with a port (`192.0.2.1:5678`,
+/// `[2001:db8::1]:443`), IPv4-mapped IPv6 read as the IPv4 address it is.
+fn parse_entry(entry: &str) -> Option<IpAddr> {
+    let ip = entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))?;
+    Some(ip.to_canonical())
 }
 
 #[cfg(test)]
@@ -62,6 +72,31 @@ mod tests {
         assert_eq!(
             client_ip(Some(ip("10.0.0.2")), &["junk, 10.0.0.5"], &trusted),
             Some(ip("10.0.0.5"))
+        );
+    }
+
+    #[test]
+    fn entries_with_ports_and_mapped_addresses_are_read() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        for (entry, want) in [
+            ("198.51.100.7:5678", "198.51.100.7"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("::ffff:198.51.100.7", "198.51.100.7"),
+        ] {
+            assert_eq!(
+                client_ip(Some(ip("10.0.0.2")), &[entry], &trusted),
+                Some(ip(want)),
+                "{entry}"
+            );
+        }
+        // A trusted hop written as IPv4-mapped is still trusted.
+        assert_eq!(
+            client_ip(
+                Some(ip("10.0.0.2")),
+                &["198.51.100.7, ::ffff:10.0.0.3"],
+                &trusted
+            ),
+            Some(ip("198.51.100.7"))
         );
     }
 }

@@ -21,7 +21,9 @@ impl Rate {
     pub fn new(requests: u64, per: Duration, burst: u64) -> Rate {
         let requests = requests.max(1);
         let burst = burst.max(1);
-        let interval_ns = (per.as_nanos() / u128::from(requests)).max(1) as u64;
+        let interval_ns = u64::try_from(per.as_nanos() / u128::from(requests))
+            .unwrap_or(u64::MAX)
+            .max(1);
         Rate {
             interval_ns,
             tolerance_ns: interval_ns.saturating_mul(burst - 1),
@@ -65,14 +67,14 @@ impl Cell {
                     retry_after: Duration::from_nanos(allow_at - now_ns),
                 };
             }
-            let next = start + rate.interval_ns;
+            let next = start.saturating_add(rate.interval_ns);
             match self
                 .0
                 .compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed)
             {
                 Ok(_) => {
                     let used = next - now_ns;
-                    let capacity = rate.tolerance_ns + rate.interval_ns;
+                    let capacity = rate.tolerance_ns.saturating_add(rate.interval_ns);
                     return Verdict::Allow {
                         remaining: capacity.saturating_sub(used) / rate.interval_ns,
                     };

@@ -46,13 +46,15 @@ pub struct Refusal {
 
 /// Holds a concurrency slot for as long as the request lives.
 pub struct Permit {
-    concurrent: Option<Arc<TenantLimiter>>,
+    /// The tenant's in-flight counter; shared with the limiter that replaces this one on a
+    /// reload, so requests admitted before a reload still count against `max_concurrent`.
+    concurrent: Option<Arc<AtomicU32>>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Some(l) = &self.concurrent {
-            l.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(in_flight) = &self.concurrent {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -66,10 +68,10 @@ pub trait Limiter: Send + Sync {
 /// One tenant's limits and their counters. Kept across reloads while the limits stay the same.
 pub struct TenantLimiter {
     pub config: LimitsConfig,
-    rate: Option<(Rate, Cell)>,
-    per_ip: Option<(Rate, PerIp)>,
+    rate: Option<(Rate, Arc<Cell>)>,
+    per_ip: Option<(Rate, Arc<PerIp>)>,
     pub quota: Option<QuotaCounter>,
-    in_flight: AtomicU32,
+    in_flight: Arc<AtomicU32>,
     /// The limiter's own clock: GCRA works in nanoseconds since this instant.
     epoch: Instant,
 }
@@ -86,25 +88,38 @@ impl TenantLimiter {
     pub fn new(config: LimitsConfig) -> Self {
         let rate = |r: &crate::config::model::RateConfig| Rate::new(r.requests, r.per, r.burst);
         Self {
-            rate: config.rate.as_ref().map(|r| (rate(r), Cell::default())),
+            rate: config
+                .rate
+                .as_ref()
+                .map(|r| (rate(r), Arc::new(Cell::default()))),
             per_ip: config
                 .per_client_ip
                 .as_ref()
-                .map(|r| (rate(r), PerIp::new(PER_IP_CAPACITY))),
+                .map(|r| (rate(r), Arc::new(PerIp::new(PER_IP_CAPACITY)))),
             quota: config.quota.map(|q| QuotaCounter::new(q.per)),
-            in_flight: AtomicU32::new(0),
+            in_flight: Arc::new(AtomicU32::new(0)),
             epoch: Instant::now(),
             config,
         }
     }
 
     /// A limiter for `config` that keeps what it can of `previous`: everything when the limits
-    /// are the same, the quota count when only other limits changed.
+    /// are the same; otherwise the requests in flight, the quota count, and the counters of
+    /// each rate whose own settings did not change.
     pub fn carry_over(config: LimitsConfig, previous: Option<&Arc<TenantLimiter>>) -> Arc<Self> {
         match previous {
             Some(p) if p.config == config => p.clone(),
             Some(p) => {
-                let next = TenantLimiter::new(config);
+                let mut next = TenantLimiter::new(config);
+                // Counters are in nanoseconds since the epoch: kept counters need the old one.
+                next.epoch = p.epoch;
+                next.in_flight = p.in_flight.clone();
+                if p.config.rate == next.config.rate {
+                    next.rate = p.rate.clone();
+                }
+                if p.config.per_client_ip == next.config.per_client_ip {
+                    next.per_ip = p.per_ip.clone();
+                }
                 if let (Some(old), Some(new)) = (&p.quota, &next.quota) {
                     if old.kind() == new.kind() {
                         let (window, used) = old.snapshot();
@@ -135,17 +150,19 @@ impl TenantLimiter {
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
                 return Err(refusal(503, "max_concurrent", Some(Duration::from_secs(1))));
             }
-            permit.concurrent = Some(self.clone());
+            permit.concurrent = Some(self.in_flight.clone());
         }
         let now_ns = self.now_ns();
-        if let Some((rate, cell)) = &self.rate {
-            if let Verdict::Deny { retry_after } = cell.check(rate, now_ns) {
-                return Err(rate_refusal("rate", rate, retry_after));
-            }
-        }
+        // The client's own limit first: requests it refuses must not use up the tenant's
+        // rate, or one abusive client would starve every other client of the tenant.
         if let (Some((rate, cells)), Some(ip)) = (&self.per_ip, req.client_ip) {
             if let Verdict::Deny { retry_after } = cells.check(ip, rate, now_ns) {
                 return Err(rate_refusal("per_client_ip", rate, retry_after));
+            }
+        }
+        if let Some((rate, cell)) = &self.rate {
+            if let Verdict::Deny { retry_after } = cell.check(rate, now_ns) {
+                return Err(rate_refusal("rate", rate, retry_after));
             }
         }
         if let (Some(q), Some(cfg)) = (&self.quota, c.quota) {
@@ -278,5 +295,55 @@ mod tests {
         let raised = TenantLimiter::carry_over(quota(4), Some(&l));
         assert!(raised.clone().admit(&req("192.0.2.1")).is_ok());
         assert!(raised.clone().admit(&req("192.0.2.1")).is_err());
+    }
+
+    fn rate(requests: u64, secs: u64) -> Option<RateConfig> {
+        Some(RateConfig {
+            requests,
+            per: Duration::from_secs(secs),
+            burst: requests,
+        })
+    }
+
+    #[test]
+    fn one_clients_refused_requests_do_not_use_up_the_tenants_rate() {
+        let l = limiter(LimitsConfig {
+            rate: rate(5, 60),
+            per_client_ip: rate(2, 60),
+            ..Default::default()
+        });
+        let outcomes: Vec<_> = (0..20)
+            .map(|_| l.clone().admit(&req("192.0.2.66")).err().map(|r| r.limit))
+            .collect();
+        assert_eq!(&outcomes[..2], &[None, None]);
+        assert!(outcomes[2..].iter().all(|o| *o == Some("per_client_ip")));
+        for other in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+            assert!(l.clone().admit(&req(other)).is_ok(), "{other} starved");
+        }
+    }
+
+    #[test]
+    fn a_reload_that_changes_one_limit_keeps_in_flight_and_other_counters() {
+        let config = |max_body| LimitsConfig {
+            rate: rate(2, 60),
+            max_concurrent: Some(2),
+            max_body: Some(max_body),
+            ..Default::default()
+        };
+        let old = limiter(config(10));
+        let held = [
+            old.clone().admit(&req("192.0.2.1")).unwrap(),
+            old.clone().admit(&req("192.0.2.1")).unwrap(),
+        ];
+        let new = TenantLimiter::carry_over(config(20), Some(&old));
+        assert!(!Arc::ptr_eq(&new, &old));
+        let r = new.clone().admit(&req("192.0.2.1")).err().unwrap();
+        assert_eq!(
+            r.limit, "max_concurrent",
+            "requests admitted before still count"
+        );
+        drop(held);
+        let r = new.clone().admit(&req("192.0.2.1")).err().unwrap();
+        assert_eq!(r.limit, "rate", "the unchanged rate kept its count");
     }
 }

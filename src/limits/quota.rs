@@ -80,7 +80,9 @@ impl QuotaCounter {
         let (id, ends) = window(self.kind, now);
         let resets_in = ends.duration_since(now).unwrap_or_default();
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if s.0 != id {
+        // Only a later window resets the count: a wall clock stepped back across midnight
+        // (NTP, a restored VM) keeps counting in the window it has already seen.
+        if id > s.0 {
             *s = (id, 0);
         }
         if s.1 >= limit {
@@ -153,6 +155,12 @@ mod tests {
             q.take(2, at(2026, 11, 23, 1)),
             QuotaVerdict::Allow { remaining: 1, .. }
         ));
+        // The clock steps back a day: the count of the newest window goes on, no fresh quota.
+        assert!(matches!(
+            q.take(2, morning),
+            QuotaVerdict::Allow { remaining: 0, .. }
+        ));
+        assert!(matches!(q.take(2, morning), QuotaVerdict::Spent { .. }));
     }
 
     #[test]

@@ -36,9 +36,8 @@ pub struct RequestCtx {
     pub tls: bool,
     /// The tenant's limiter permit (holds a concurrency slot) while the request lives.
     pub permit: Option<Permit>,
-    /// `max_body` for streamed bodies, and how much body has arrived so far.
+    /// `max_body`, checked again as a streamed body arrives.
     pub max_body: Option<u64>,
-    pub body_seen: u64,
     /// The limit that refused this request, for logs and metrics.
     pub refused_by: Option<&'static str>,
     /// The request path with dot segments resolved, when that differs from what was sent.
@@ -64,7 +63,6 @@ impl Default for RequestCtx {
             tls: false,
             permit: None,
             max_body: None,
-            body_seen: 0,
             refused_by: None,
             normalized_path: None,
         }

@@ -59,7 +59,9 @@ impl ProxyHttp for Porteiro {
         ctx.client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+            // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; trusted_proxies,
+            // limits and logs mean the IPv4 address.
+            .map(|a| a.ip().to_canonical());
         // Two Host headers could route by one and reach the backend with the other.
         let Some(host) = headers::request_host(req).filter(|_| headers::single_host(req)) else {
             return self.answer_error(session, ctx, 400).await;
@@ -265,15 +267,17 @@ impl ProxyHttp for Porteiro {
     /// Streamed bodies: `max_body` applies to what actually arrives, not only Content-Length.
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<bytes::Bytes>,
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        if let (Some(max), Some(chunk)) = (ctx.max_body, body.as_ref()) {
-            ctx.body_seen += chunk.len() as u64;
-            if ctx.body_seen > max {
+        // Bytes read from the client, not chunks seen here: a retry replays the buffered body
+        // through this filter, which would count it twice.
+        if let (Some(max), Some(_)) = (ctx.max_body, body.as_ref()) {
+            if session.body_bytes_read() as u64 > max {
                 ctx.refused_by = Some("max_body");
+                metrics::get().limited(ctx.tenant_id(), "max_body");
                 return Err(Error::explain(
                     ErrorType::HTTPStatus(413),
                     "request body larger than max_body",
