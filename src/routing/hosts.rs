@@ -74,12 +74,17 @@ pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
         return None;
     }
     let mut needs_lowercase = false;
+    // Starts as if after a dot: an empty label (`.a.com`, `x..a.com`) names no host, and
+    // would otherwise match a wildcard.
+    let mut prev = b'.';
     for b in name.bytes() {
         match b {
+            b'.' if prev == b'.' => return None,
             b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b':' | b'[' | b']' => {}
             b'A'..=b'Z' => needs_lowercase = true,
             _ => return None,
         }
+        prev = b;
     }
     Some(if needs_lowercase {
         Cow::Owned(name.to_ascii_lowercase())
@@ -161,6 +166,9 @@ mod tests {
             "a b.example.com",
             "acme.example.com/x",
             ".",
+            ".acme.example.com",
+            "x..acme.example.com",
+            "www.acme.example.com..",
         ] {
             assert_eq!(t.lookup(bad), None, "{bad:?}");
         }
