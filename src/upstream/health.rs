@@ -41,6 +41,8 @@ pub struct HealthTarget {
 #[derive(Debug, Default)]
 pub struct HealthRegistry {
     states: HashMap<HealthKey, (Arc<BackendState>, Vec<String>)>,
+    /// One state per address, for a backend whose check changed on a reload.
+    by_addr: HashMap<SocketAddr, Arc<BackendState>>,
 }
 
 impl HealthRegistry {
@@ -52,19 +54,34 @@ impl HealthRegistry {
         user: String,
         previous: Option<&HealthRegistry>,
     ) -> Arc<BackendState> {
+        let addr = key.addr;
         let entry = self.states.entry(key).or_insert_with_key(|key| {
-            let state = previous
-                .and_then(|p| p.states.get(key))
-                .map(|(s, _)| s.clone())
-                .unwrap_or_else(|| Arc::new(BackendState::new(key.check.is_some())));
+            let checked = key.check.is_some();
+            let state = match previous {
+                Some(p) => match p.states.get(key) {
+                    Some((same, _)) => same.clone(),
+                    // Same backend, another check: it keeps its verdict until the new check's
+                    // first probe decides, so editing a check never empties a pool.
+                    None => Arc::new(match p.by_addr.get(&key.addr) {
+                        Some(before) => BackendState::seeded(checked, before),
+                        None => BackendState::new(checked),
+                    }),
+                },
+                None => Arc::new(BackendState::new(checked)),
+            };
             (state, Vec::new())
         });
         entry.1.push(user);
-        entry.0.clone()
+        let state = entry.0.clone();
+        self.by_addr.entry(addr).or_insert_with(|| state.clone());
+        state
     }
 
     /// Registers a backend state carried over as is (its tenant did not change).
     pub fn adopt(&mut self, key: HealthKey, state: &Arc<BackendState>, user: String) {
+        self.by_addr
+            .entry(key.addr)
+            .or_insert_with(|| state.clone());
         self.states
             .entry(key)
             .or_insert_with(|| (state.clone(), Vec::new()))
@@ -219,5 +236,69 @@ impl Schedule {
 
     fn next_due(&self) -> Option<Instant> {
         self.due.peek().map(|Reverse((when, _))| *when)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::Probe;
+
+    fn key(interval_s: u64) -> HealthKey {
+        HealthKey {
+            addr: "192.0.2.1:80".parse().unwrap(),
+            check: Some(HealthConfig {
+                probe: Probe::Tcp,
+                interval: Duration::from_secs(interval_s),
+                timeout: Duration::from_secs(1),
+                healthy_after: 2,
+                unhealthy_after: 3,
+            }),
+        }
+    }
+
+    fn th() -> Thresholds {
+        Thresholds {
+            healthy_after: 2,
+            unhealthy_after: 3,
+            passive_failures: 2,
+            passive_cooldown_ms: 1000,
+            actively_checked: true,
+        }
+    }
+
+    #[test]
+    fn a_changed_check_keeps_the_backends_verdict_until_its_first_probe() {
+        let mut before = HealthRegistry::default();
+        let state = before.state_for(key(5), "t/p".into(), None);
+        state.record_probe(true, &th());
+        assert!(state.is_usable(0));
+
+        let mut after = HealthRegistry::default();
+        let edited = after.state_for(key(10), "t/p".into(), Some(&before));
+        assert!(
+            !Arc::ptr_eq(&state, &edited),
+            "a new check gets its own state"
+        );
+        assert!(edited.is_usable(0), "still serving after the edit");
+        assert!(!edited.was_probed());
+        edited.record_probe(false, &th());
+        assert!(
+            !edited.is_usable(0),
+            "the new check's first probe decides alone"
+        );
+
+        // A down backend stays down under its new check.
+        let mut again = HealthRegistry::default();
+        assert!(!again
+            .state_for(key(20), "t/p".into(), Some(&after))
+            .is_usable(0));
+        // A backend never seen before waits for its first probe.
+        let mut other = HealthRegistry::default();
+        let mut fresh = key(5);
+        fresh.addr = "192.0.2.2:80".parse().unwrap();
+        assert!(!other
+            .state_for(fresh, "t/p".into(), Some(&before))
+            .is_usable(0));
     }
 }

@@ -62,6 +62,20 @@ impl BackendState {
         }
     }
 
+    /// A fresh state for a backend whose active check changed: it starts with the verdict
+    /// `before` had (usable or not, passive ejection included) and unprobed, so the new
+    /// check's first probe decides alone.
+    pub fn seeded(actively_checked: bool, before: &BackendState) -> Self {
+        let state = Self::new(actively_checked);
+        if actively_checked {
+            state.healthy.store(before.healthy.load(Relaxed), Relaxed);
+        }
+        state
+            .down_until
+            .store(before.down_until.load(Relaxed), Relaxed);
+        state
+    }
+
     /// Whether the balancer may pick this backend now.
     pub fn is_usable(&self, now_ms: u64) -> bool {
         self.healthy.load(Relaxed) && now_ms >= self.down_until.load(Relaxed)
