@@ -58,6 +58,42 @@ async fn routing_follows_tenant_files_as_they_are_added_changed_and_removed() {
 }
 
 #[tokio::test]
+async fn a_tenants_directory_swapped_in_whole_is_followed() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let cfg = ConfigDir::new("");
+    cfg.tenant(
+        "one.toml",
+        &one_pool_tenant("one", &["one.test"], &[a.addr], ""),
+    );
+    let proxy = Proxy::start(&cfg);
+    let c = client();
+    // As deploy tools do: build the new directory aside, then rename it over the old one.
+    let root = cfg.dir.path();
+    let next = root.join("tenants.next");
+    std::fs::create_dir(&next).unwrap();
+    std::fs::write(
+        next.join("one.toml"),
+        one_pool_tenant("one", &["one.test"], &[b.addr], ""),
+    )
+    .unwrap();
+    std::fs::rename(root.join("tenants.d"), root.join("tenants.old")).unwrap();
+    std::fs::rename(&next, root.join("tenants.d")).unwrap();
+    eventually(WAIT, "the swapped-in directory is loaded", || async {
+        status_of(&c, &proxy, "one.test").await == (200, Some("b".into()))
+    })
+    .await;
+    // The new directory is watched in turn.
+    cfg.tenant(
+        "two.toml",
+        &one_pool_tenant("two", &["two.test"], &[a.addr], ""),
+    );
+    eventually(WAIT, "a file added to the new directory serves", || async {
+        status_of(&c, &proxy, "two.test").await == (200, Some("a".into()))
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_broken_edit_keeps_the_old_routing_and_reports_the_error() {
     let a = Backend::start("a").await;
     let cfg = ConfigDir::new("");

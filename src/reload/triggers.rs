@@ -39,7 +39,14 @@ impl BackgroundService for ConfigWatcher {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let main_file = self.reloader.main_file().to_path_buf();
         // Certificate, key and CA files of the running config: their names are not `*.toml`.
-        let key_files = Arc::new(Mutex::new(self.reloader.source_files()));
+        // The watched directories count too: `mv tenants.new tenants.d` is an event on the
+        // name `tenants.d` in its parent, and drops the watch on the old directory.
+        let known_paths = |r: &Reloader| {
+            let mut paths = r.source_files();
+            paths.extend(r.watched_dirs());
+            paths
+        };
+        let key_files = Arc::new(Mutex::new(known_paths(&self.reloader)));
         let key_files_seen = key_files.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(event) = res {
@@ -65,7 +72,7 @@ impl BackgroundService for ConfigWatcher {
             }
             settle(&mut rx).await;
             self.reloader.reload_in_background(Trigger::File).await;
-            *key_files.lock().unwrap_or_else(|p| p.into_inner()) = self.reloader.source_files();
+            *key_files.lock().unwrap_or_else(|p| p.into_inner()) = known_paths(&self.reloader);
             rewatch(&mut watcher, &mut watched, self.reloader.watched_dirs());
         }
     }
@@ -82,18 +89,32 @@ async fn settle(rx: &mut mpsc::UnboundedReceiver<()>) {
     {}
 }
 
-/// Watches `dirs`, dropping watches on directories no longer named (tenants_dir changed).
-fn rewatch(watcher: &mut impl Watcher, watched: &mut Vec<PathBuf>, dirs: Vec<PathBuf>) {
-    for old in watched.iter().filter(|d| !dirs.contains(d)) {
-        let _ = watcher.unwatch(old);
-    }
-    watched.retain(|d| dirs.contains(d));
+/// A watched directory and the identity (device, inode) it had when the watch was set.
+type Watched = (PathBuf, Option<(u64, u64)>);
+
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Watches `dirs`. Drops watches on directories no longer named (tenants_dir changed), and
+/// watches again a directory that was replaced under the same name (a watch follows the
+/// directory, not its name).
+fn rewatch(watcher: &mut impl Watcher, watched: &mut Vec<Watched>, dirs: Vec<PathBuf>) {
+    watched.retain(|(dir, id)| {
+        let keep = dirs.contains(dir) && *id == identity(dir);
+        if !keep {
+            let _ = watcher.unwatch(dir);
+        }
+        keep
+    });
     for dir in dirs {
-        if watched.contains(&dir) {
+        if watched.iter().any(|(d, _)| *d == dir) {
             continue;
         }
+        let id = identity(&dir);
         match watcher.watch(&dir, RecursiveMode::NonRecursive) {
-            Ok(()) => watched.push(dir),
+            Ok(()) => watched.push((dir, id)),
             Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory"),
         }
     }
