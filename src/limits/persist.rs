@@ -35,7 +35,9 @@ impl QuotaState {
     }
 
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
+        // One temporary name per process: during a graceful upgrade the old and the new
+        // process both save, and must not write into each other's file.
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&serde_json::to_vec(self).unwrap_or_default())?;
         f.sync_all()?;
