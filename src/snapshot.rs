@@ -163,7 +163,12 @@ impl Snapshot {
 
     /// The tenant index a TLS client's SNI names, for the SNI/Host consistency check.
     pub fn tenant_for_sni(&self, sni: &str) -> Option<u32> {
-        self.hosts.lookup(sni).copied()
+        self.tenant_for_host(sni)
+    }
+
+    /// The tenant a host (possibly with a port) belongs to, whatever the path.
+    pub fn tenant_for_host(&self, host: &str) -> Option<u32> {
+        self.hosts.lookup(host).copied()
     }
 
     pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {

@@ -294,6 +294,17 @@ async fn plain_http_is_redirected_and_hsts_is_sent_over_tls_only() {
         r.headers()["strict-transport-security"],
         "max-age=600; includeSubDomains"
     );
+    // porteiro's own answers over TLS carry it too.
+    let refused = client_for(&ca, "a.test", tls)
+        .get(format!("https://a.test:{}/x%00", tls.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    assert_eq!(
+        refused.headers()["strict-transport-security"],
+        "max-age=600; includeSubDomains"
+    );
 }
 
 /// A backend that speaks HTTPS with `issued` (HTTP/2 or HTTP/1.1 by ALPN); it answers with
@@ -368,8 +379,17 @@ async fn backends_over_tls_are_verified_against_the_configured_ca() {
         (ok.status, ok.backend.as_deref()),
         (200, Some("tls-backend"))
     );
-    let refused = get(&c, &proxy, "bad.test", "/").await;
-    assert_eq!(refused.status, 502);
+    // More failed handshakes than `passive.failures`: the bad pool's CA is at fault, not the
+    // backend, which must stay in service for the tenant that verifies it correctly.
+    for _ in 0..5 {
+        let refused = get(&c, &proxy, "bad.test", "/").await;
+        assert_eq!(refused.status, 502);
+    }
+    let still = get(&c, &proxy, "good.test", "/").await;
+    assert_eq!(
+        still.status, 200,
+        "one tenant's CA mistake ejected a shared backend"
+    );
     let backend_text = backend.to_string();
     eventually(WAIT, "a log line naming tenant and backend", || async {
         proxy

@@ -87,6 +87,10 @@ const UNVOUCHED: &[&str] = &[
     "x-forwarded-prefix",
     "x-forwarded-server",
     "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded-protocol",
+    "front-end-https",
+    "x-url-scheme",
     "x-original-url",
     "x-rewrite-url",
 ];

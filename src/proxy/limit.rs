@@ -79,6 +79,9 @@ impl Porteiro {
         if let Some(state) = refusal.state {
             add("ratelimit", state);
         }
+        if let Some(hsts) = ctx.hsts() {
+            headers.push((http::header::STRICT_TRANSPORT_SECURITY, hsts.clone()));
+        }
         let body = match refusal.status {
             413 => "413 Content Too Large: the request body exceeds this site's limit\n",
             503 => "503 Service Unavailable: too many requests in progress for this site\n",

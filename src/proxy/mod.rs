@@ -67,6 +67,9 @@ impl ProxyHttp for Porteiro {
             return self.answer_error(session, ctx, 400).await;
         };
         let Ok(normalized) = normalize_path(req.uri.path()) else {
+            // Still the tenant's answer: logged under its name, with its HSTS.
+            ctx.tenant = snap.tenant_for_host(host);
+            ctx.snapshot = Some(snap.clone());
             return self.answer_error(session, ctx, 400).await;
         };
         ctx.normalized_path = normalized;
@@ -92,6 +95,7 @@ impl ProxyHttp for Porteiro {
                 sni_tenant: sni.as_deref().map(|name| snap.tenant_for_sni(name)),
                 host,
                 path_and_query: req.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+                routed_path: path,
             };
             let tc = &snap.tenants[t as usize];
             match tls_policy::gate(&conn, t, tc.https_redirect, snap.https_port) {
@@ -226,7 +230,14 @@ impl ProxyHttp for Porteiro {
             m.connect_errors.inc();
         }
         if let Some(pool) = &ctx.pool {
-            self.passive_failure(ctx, &e);
+            // A failed TLS handshake says more about this pool's TLS settings (ca_file, sni)
+            // than about the backend, which other tenants may reach fine: it must not eject it.
+            if !matches!(
+                e.etype(),
+                ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert
+            ) {
+                self.passive_failure(ctx, &e);
+            }
             if ctx.tried.len() <= pool.retries as usize {
                 e.set_retry(true);
             }
@@ -411,6 +422,7 @@ impl ProxyHttp for Porteiro {
                 status,
                 respond::reason_for(status),
                 ctx.request_id.as_ref(),
+                ctx.hsts(),
             )
             .await;
         }
@@ -468,6 +480,7 @@ impl Porteiro {
             status,
             respond::reason_for(status),
             ctx.request_id.as_ref(),
+            ctx.hsts(),
         )
         .await?;
         Ok(true)

@@ -41,11 +41,15 @@ pub async fn error(
     status: u16,
     reason: &'static str,
     request_id: Option<&HeaderValue>,
+    hsts: Option<&HeaderValue>,
 ) -> pingora::Result<()> {
-    let headers = [(
+    let mut headers = vec![(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     )];
+    if let Some(hsts) = hsts {
+        headers.push((http::header::STRICT_TRANSPORT_SECURITY, hsts.clone()));
+    }
     send(
         session,
         status,

@@ -19,6 +19,9 @@ pub struct Connection<'a> {
     /// `Host` (or `:authority`) as sent, possibly with a port.
     pub host: &'a str,
     pub path_and_query: &'a str,
+    /// The path as routed (dot segments resolved): what the ACME exemption is decided on, so
+    /// `/.well-known/acme-challenge/../admin` is not exempt.
+    pub routed_path: &'a str,
 }
 
 /// ACME http-01 challenges must stay reachable over plain HTTP, or certificates cannot renew.
@@ -31,7 +34,7 @@ pub fn gate(conn: &Connection, tenant: u32, https_redirect: bool, https_port: u1
             _ => Gate::Pass,
         };
     }
-    if https_redirect && !conn.path_and_query.starts_with(ACME_CHALLENGE) {
+    if https_redirect && !conn.routed_path.starts_with(ACME_CHALLENGE) {
         return Gate::Redirect(https_location(conn.host, https_port, conn.path_and_query));
     }
     Gate::Pass
@@ -65,6 +68,7 @@ mod tests {
             sni_tenant,
             host: "a.test:8080",
             path_and_query: pq,
+            routed_path: pq.split('?').next().unwrap_or(pq),
         }
     }
 
@@ -84,6 +88,13 @@ mod tests {
         );
         // No SNI at all (an IP address in the URL): Host decides alone.
         assert_eq!(gate(&conn(true, None, "/"), 1, true, 443), Gate::Pass);
+    }
+
+    #[test]
+    fn the_acme_exemption_is_decided_on_the_routed_path() {
+        let mut c = conn(false, None, "/.well-known/acme-challenge/../admin");
+        c.routed_path = "/admin";
+        assert!(matches!(gate(&c, 1, true, 443), Gate::Redirect(_)));
     }
 
     #[test]
