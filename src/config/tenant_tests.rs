@@ -382,6 +382,14 @@ fn upstream_tls_keys() {
     let with_host = one_pool("tls = true\nhost_header = \"in.test\"\n", "");
     let c = tenants(&[("a.toml", &with_host)]).unwrap();
     assert_eq!(c.tenants[0].pools[0].tls.as_ref().unwrap().sni, "in.test");
+    let with_port = one_pool("tls = true\nhost_header = \"In.Test:8443\"\n", "");
+    let c = tenants(&[("a.toml", &with_port)]).unwrap();
+    assert_eq!(c.tenants[0].pools[0].tls.as_ref().unwrap().sni, "in.test");
+    let not_a_name = one_pool("tls = true\nhost_header = \"in test\"\n", "");
+    assert_eq!(
+        keys(tenants(&[("a.toml", &not_a_name)])),
+        vec![k("a.toml", "pools.p.host_header")]
+    );
 
     let without_tls = one_pool("sni = \"x.test\"\nhttp2 = true\n", "");
     assert_eq!(

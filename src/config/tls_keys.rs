@@ -267,9 +267,32 @@ pub fn parse_upstream_tls(
             "contradicts ca_file: verify against the CA, or skip verification, not both",
         );
     }
+    // Without `sni`, the name comes from host_header (without its port), which must then be a
+    // hostname a certificate can carry.
+    let from_host_header = || {
+        let header = pool.host_header.as_deref()?;
+        let name = crate::routing::normalize_host(header)?.into_owned();
+        match parse_host_pattern(&name) {
+            Ok(HostPattern::Exact(_)) => Some(name),
+            _ => None,
+        }
+    };
+    let derived = if sni.is_none() && pool.host_header.is_some() {
+        let name = from_host_header();
+        if name.is_none() {
+            errs.push(
+                f.file,
+                f.path("host_header"),
+                "with tls = true and no sni, must be a hostname to send as SNI (or set sni)",
+            );
+        }
+        name
+    } else {
+        None
+    };
     let sni = sni
         .map(str::to_ascii_lowercase)
-        .or_else(|| pool.host_header.clone())
+        .or(derived)
         .unwrap_or_else(|| probe_host.to_string());
     if let Some(HealthConfig {
         probe: Probe::Http { path, host },
