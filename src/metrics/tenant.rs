@@ -9,7 +9,8 @@ use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 pub const METHODS: [&str; 8] = [
     "get", "head", "post", "put", "delete", "patch", "options", "other",
 ];
-pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// `none`: the client went away before any answer (a hang-up is not a server error).
+pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
 pub fn method_index(method: &http::Method) -> usize {
     match *method {
@@ -24,11 +25,11 @@ pub fn method_index(method: &http::Method) -> usize {
     }
 }
 
-/// 100..=599 -> 0..=4; anything else counts as a 5xx (porteiro never sends it).
+/// 100..=599 -> 0..=4; no answer (0, the client left first) -> `none`.
 pub fn status_index(status: u16) -> usize {
     match status {
         100..=599 => (status / 100 - 1) as usize,
-        _ => 4,
+        _ => 5,
     }
 }
 
@@ -123,7 +124,11 @@ mod tests {
     fn classes() {
         assert_eq!(status_index(204), 1);
         assert_eq!(status_index(599), 4);
-        assert_eq!(status_index(0), 4);
+        assert_eq!(
+            STATUS_CLASSES[status_index(0)],
+            "none",
+            "a client hang-up is no 5xx"
+        );
         assert_eq!(
             method_index(&http::Method::from_bytes(b"PURGE").unwrap()),
             7

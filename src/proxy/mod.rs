@@ -256,10 +256,14 @@ impl ProxyHttp for Porteiro {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
-        if matches!(
-            e.etype(),
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout
-        ) {
+        // Only the backend's own timeouts: a client stalling its upload times out here too,
+        // and must not count against (or eject) the backend.
+        if e.esource() == &ErrorSource::Upstream
+            && matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            )
+        {
             if let Some(m) = &ctx.metrics {
                 m.timeouts.inc();
             }
@@ -375,8 +379,11 @@ impl ProxyHttp for Porteiro {
         if let Some(m) = &ctx.metrics {
             let method = metrics::method_index(&session.req_header().method);
             m.count_request(method, metrics::status_index(status));
-            m.request_duration
-                .observe(ctx.started.elapsed().as_secs_f64());
+            // An upgraded connection (WebSocket) lives for minutes: not a request latency.
+            if status != 101 {
+                m.request_duration
+                    .observe(ctx.started.elapsed().as_secs_f64());
+            }
             if let Some(up) = ctx.upstream_elapsed {
                 m.upstream_duration.observe(up.as_secs_f64());
             }
