@@ -161,12 +161,8 @@ impl Snapshot {
             .map(|c| c.certified.clone())
     }
 
-    /// The tenant index a TLS client's SNI names, for the SNI/Host consistency check.
-    pub fn tenant_for_sni(&self, sni: &str) -> Option<u32> {
-        self.tenant_for_host(sni)
-    }
-
-    /// The tenant a host (possibly with a port) belongs to, whatever the path.
+    /// The tenant a host (possibly with a port) or a TLS client's SNI belongs to, whatever
+    /// the path.
     pub fn tenant_for_host(&self, host: &str) -> Option<u32> {
         self.hosts.lookup(host).copied()
     }

@@ -50,20 +50,9 @@ async fn forwarding_headers_replace_what_the_client_sent() {
     );
 }
 
-/// Sends `head` as written and returns the answer's status line.
+/// The status line of the answer to `head`, sent as written.
 async fn raw(proxy: &Proxy, head: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    conn.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        conn.read_to_end(&mut answer),
-    )
-    .await
-    .expect("an answer")
-    .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = proxy.raw(head).await;
     answer.lines().next().unwrap_or("").to_string()
 }
 

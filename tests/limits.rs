@@ -196,14 +196,7 @@ async fn bodies_over_max_body_get_413_whether_announced_or_streamed() {
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     // Both refusals are counted, the streamed one too.
-    let metrics = c
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = proxy.scrape().await;
     assert!(
         metrics.contains("porteiro_limited_requests_total{limit=\"max_body\",tenant=\"a\"} 2"),
         "{metrics}"

@@ -7,16 +7,6 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn scrape(proxy: &Proxy) -> String {
-    let r = client()
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("admin answers");
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap()
-}
-
 /// The value of the series whose line starts with `series ` (name plus labels as rendered).
 fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -59,7 +49,7 @@ async fn per_tenant_counters_and_histograms_match_the_traffic() {
         assert_eq!(get(&c, &proxy, "unknown.test", "/").await.status, 404);
     }
 
-    let text = scrape(&proxy).await;
+    let text = proxy.scrape().await;
     let v = |s: &str| value(&text, s);
     assert_eq!(
         v(r#"porteiro_requests_total{method="get",status_class="2xx",tenant="a"}"#),
@@ -159,7 +149,7 @@ async fn a_stuck_access_log_drops_lines_instead_of_delaying_requests() {
     for _ in 0..30 {
         assert_eq!(get(&c, &proxy, "a.test", "/").await.status, 200);
     }
-    let text = scrape(&proxy).await;
+    let text = proxy.scrape().await;
     assert_eq!(
         value(&text, "porteiro_access_log_dropped_total"),
         Some(26.0),
@@ -190,7 +180,7 @@ async fn tenants_past_max_tenants_share_one_label() {
     for t in ["t1", "t2", "t3"] {
         assert_eq!(get(&c, &proxy, &format!("{t}.test"), "/").await.status, 200);
     }
-    let text = scrape(&proxy).await;
+    let text = proxy.scrape().await;
     let get2xx = |t: &str| {
         value(
             &text,

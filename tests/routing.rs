@@ -179,21 +179,13 @@ async fn request_without_host_is_rejected() {
     assert_eq!(w.web.hits(), 0);
 }
 
-/// Sends `path` exactly as written (HTTP clients would resolve dot segments themselves).
+/// `GET path` with `path` exactly as written.
 async fn raw_get(proxy: &Proxy, host: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    conn.write_all(req.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        conn.read_to_end(&mut answer),
-    )
-    .await
-    .expect("an answer")
-    .unwrap();
-    String::from_utf8_lossy(&answer).into_owned()
+    proxy
+        .raw(&format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        ))
+        .await
 }
 
 #[tokio::test]

@@ -92,7 +92,7 @@ impl ProxyHttp for Porteiro {
         if let Some(t) = tenant {
             let conn = tls_policy::Connection {
                 tls: ctx.tls,
-                sni_tenant: sni.as_deref().map(|name| snap.tenant_for_sni(name)),
+                sni_tenant: sni.as_deref().map(|name| snap.tenant_for_host(name)),
                 host,
                 path_and_query: req.uri.path_and_query().map_or("/", |pq| pq.as_str()),
                 routed_path: path,

@@ -310,6 +310,32 @@ impl Proxy {
         self.child.id() as i32
     }
 
+    /// `GET /metrics` as text.
+    pub async fn scrape(&self) -> String {
+        let r = client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("admin answers");
+        assert_eq!(r.status(), 200);
+        r.text().await.expect("metrics are text")
+    }
+
+    /// Sends `request` byte for byte (HTTP clients would normalise what tests need raw: dot
+    /// segments, repeated or contradicting Host headers) and returns the whole answer. The
+    /// request should say `Connection: close`.
+    pub async fn raw(&self, request: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+            .await
+            .expect("an answer")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
     /// `GET /-/config` as JSON.
     pub async fn config_status(&self) -> serde_json::Value {
         let r = client()
