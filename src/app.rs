@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
 use pingora::prelude::Opt;
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -16,6 +16,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::Admin;
 use crate::config::{self, model::Config, ConfigErrors};
+use crate::conn::Frontend;
 use crate::proxy::Porteiro;
 use crate::reload::{ConfigWatcher, HangupReloader, Reloader};
 use crate::snapshot::{SharedSnapshot, Snapshot};
@@ -93,16 +94,17 @@ fn build_server(
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = http_proxy_service_with_name(
-        &server.configuration,
-        Porteiro::new(snapshot.clone()),
-        "porteiro",
+    let mut app = http_proxy(&server.configuration, Porteiro::new(snapshot.clone()));
+    let mut options = HttpServerOptions::default();
+    options.h2c = s.h2c;
+    // HTTP/1.x idle time is enforced by `conn`; HTTP/2 connections by pingora, from here.
+    options.h2_idle_timeout = Some(s.clients.keepalive_timeout);
+    app.server_options = Some(options);
+    let listeners: Vec<SocketAddr> = s.listen.iter().chain(&s.listen_tls).copied().collect();
+    let mut proxy = Service::new(
+        "porteiro".to_string(),
+        Frontend::new(app, snapshot.clone(), &listeners, s.h2c),
     );
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
-        options.h2c = s.h2c;
-        app.server_options = Some(options);
-    }
     for addr in &s.listen {
         proxy.add_tcp(&addr.to_string());
     }

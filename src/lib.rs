@@ -9,6 +9,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod hash;
 pub mod limits;
 pub mod metrics;

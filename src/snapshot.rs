@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use rustls::sign::CertifiedKey;
 
 use crate::config::model::{
-    CaBundle, Config, LoadedCert, RouteAction, StaticResponse, TenantConfig,
+    CaBundle, ClientLimits, Config, LoadedCert, RouteAction, StaticResponse, TenantConfig,
 };
 use crate::limits::TenantLimiter;
 use crate::metrics::TenantMetrics;
@@ -43,6 +43,8 @@ pub struct Snapshot {
     pub https_port: u16,
     /// Parallel to `tenants`: each tenant's limiter, `None` when it has no limits at all.
     pub limiters: Vec<Option<Arc<TenantLimiter>>>,
+    /// Timeouts and caps for client connections accepted under this generation.
+    pub clients: ClientLimits,
 }
 
 #[derive(Debug)]
@@ -147,6 +149,7 @@ impl Snapshot {
             default_cert: m.default_cert.clone(),
             https_port: config.server.https_port,
             limiters,
+            clients: config.server.clients,
         }
     }
 
@@ -284,7 +287,7 @@ fn build_tenant(
                 RouteAction::Pool(i) => Route::Pool(pools[*i].clone()),
                 RouteAction::Respond(resp) => Route::Respond(Arc::new(prepare(resp))),
             };
-            (r.path_prefix.clone(), route)
+            (r.path_prefix.clone(), r.match_case, route)
         })
         .collect();
     Tenant {
@@ -321,26 +324,5 @@ fn prepare(resp: &StaticResponse) -> PreparedResponse {
         status: resp.status,
         headers,
         body: Bytes::from(resp.body.clone()),
-    }
-}
-
-/// Where a request goes, decided from its host and path alone. Tenants are given by index.
-#[derive(Debug)]
-pub enum Resolution<'a> {
-    UnknownHost,
-    /// The host belongs to a tenant, but none of its routes matches the path.
-    NoRoute(u32),
-    Route(u32, &'a Route),
-}
-
-impl Snapshot {
-    pub fn resolve(&self, host: &str, path: &str) -> Resolution<'_> {
-        let Some(&index) = self.hosts.lookup(host) else {
-            return Resolution::UnknownHost;
-        };
-        match self.tenants[index as usize].routes.lookup(path) {
-            Some(route) => Resolution::Route(index, route),
-            None => Resolution::NoRoute(index),
-        }
     }
 }

@@ -116,6 +116,39 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A size such as "64KiB" or a number of bytes, within `range`.
+    pub fn size(
+        &self,
+        key: &str,
+        range: RangeInclusive<u64>,
+        errs: &mut ConfigErrors,
+    ) -> Option<u64> {
+        let v = self.get(key)?;
+        match super::limits::parse_size(v) {
+            Some(n) if range.contains(&n) => Some(n),
+            Some(n) => {
+                errs.push(
+                    self.file,
+                    self.path(key),
+                    format!(
+                        "{n} bytes is out of range {}..={}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                None
+            }
+            None => {
+                errs.push(
+                    self.file,
+                    self.path(key),
+                    "expected a size such as \"50MiB\", \"512KiB\", \"1GB\" or a number of bytes",
+                );
+                None
+            }
+        }
+    }
+
     pub fn require(&self, key: &str, errs: &mut ConfigErrors) -> bool {
         let present = self.table.contains_key(key);
         if !present {

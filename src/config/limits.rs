@@ -59,15 +59,8 @@ pub fn parse_limits(file: &Path, key: &str, t: &Table, errs: &mut ConfigErrors) 
             });
         }
     }
-    if let Some(v) = f.get("max_body") {
-        match parse_size(v) {
-            Some(n) => l.max_body = Some(n),
-            None => errs.push(
-                file,
-                f.path("max_body"),
-                "expected a size such as \"50MiB\", \"512KiB\", \"1GB\" or a number of bytes",
-            ),
-        }
+    if let Some(n) = f.size("max_body", 1..=u64::MAX, errs) {
+        l.max_body = Some(n);
     }
     if let Some(n) = f.int("max_concurrent", 1..=1_000_000, errs) {
         l.max_concurrent = Some(n as u32);

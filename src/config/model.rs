@@ -92,6 +92,50 @@ pub struct ServerConfig {
     pub quota_state_file: Option<PathBuf>,
     /// How often quota counts are written (and at graceful shutdown).
     pub quota_persist_interval: Duration,
+    /// Timeouts and caps that protect porteiro from its clients.
+    pub clients: ClientLimits,
+}
+
+/// `[server]` keys that bound what one client connection may hold: time, bytes, connections.
+/// They apply to connections accepted after a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// The whole request head (request line and headers) must arrive within this.
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection (HTTP/1.1 between requests, HTTP/2 without streams).
+    pub keepalive_timeout: Duration,
+    /// Longest wait for the next piece of a request body.
+    pub body_timeout: Duration,
+    /// Longest wait for a client to accept the next piece of a response.
+    pub send_timeout: Duration,
+    /// Open client connections per listener; beyond it new connections get 503.
+    pub max_connections: u32,
+    /// Open connections per client address (IPv6: per /64); beyond it 429. Trusted proxies
+    /// are exempt.
+    pub max_connections_per_ip: u32,
+    /// Longest request line (method, target, version); longer gets 414.
+    pub max_request_line: u32,
+    /// Largest request head; larger (or more than 256 headers) gets 431.
+    pub max_header_bytes: u32,
+    /// Drop every client header whose name has `_` (otherwise only underscore twins of
+    /// headers porteiro sets or vouches for).
+    pub drop_underscore_headers: bool,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
+            max_connections: 20_000,
+            max_connections_per_ip: 512,
+            max_request_line: 8 * 1024,
+            max_header_bytes: 64 * 1024,
+            drop_underscore_headers: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +173,9 @@ pub struct TenantConfig {
     pub access_log_sample: f64,
     /// `[limits]` as written in the tenant file; unset keys take the main file's `[limits]`.
     pub limits: LimitsConfig,
+    /// Accept `;` path parameters (`/a;jsessionid=1/b`); refused by default because Java
+    /// servers drop them before routing, so `/;/admin` would reach `/admin` past a route.
+    pub allow_path_parameters: bool,
 }
 
 /// Per-tenant limits. Every key is optional; in a tenant file an unset key falls back to the
@@ -264,6 +311,9 @@ pub enum Probe {
 pub struct RouteConfig {
     pub path_prefix: String,
     pub action: RouteAction,
+    /// `false`: the prefix matches in any letter case, for backends that route that way
+    /// (Express, ASP.NET), so `/ADMIN` cannot reach their `/admin` past this route.
+    pub match_case: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -15,7 +15,7 @@ use super::tls_keys::parse_tls_files;
 const TOP_KEYS: &[&str] = &["server", "metrics", "access_log", "limits"];
 const METRICS_KEYS: &[&str] = &["enabled", "max_tenants"];
 const ACCESS_LOG_KEYS: &[&str] = &["path", "queue"];
-const SERVER_KEYS: &[&str] = &[
+pub(super) const SERVER_KEYS: &[&str] = &[
     "listen",
     "listen_tls",
     "default_certificate",
@@ -32,6 +32,16 @@ const SERVER_KEYS: &[&str] = &[
     "watch",
     "quota_state_file",
     "quota_persist_interval",
+    // super::clients
+    "header_timeout",
+    "keepalive_timeout",
+    "body_timeout",
+    "send_timeout",
+    "max_connections",
+    "max_connections_per_ip",
+    "max_request_line",
+    "max_header_bytes",
+    "drop_underscore_headers",
 ];
 
 pub fn defaults() -> ServerConfig {
@@ -59,6 +69,7 @@ pub fn defaults() -> ServerConfig {
         default_limits: Default::default(),
         quota_state_file: None,
         quota_persist_interval: Duration::from_secs(10),
+        clients: Default::default(),
     }
 }
 
@@ -187,6 +198,7 @@ pub fn parse(file: &Path, top: &Table, errs: &mut ConfigErrors) -> ServerConfig 
     if let Some(d) = f.duration("quota_persist_interval", errs) {
         s.quota_persist_interval = d;
     }
+    s.clients = super::clients::parse(&f, errs);
     f.finish(errs);
     s
 }

@@ -23,6 +23,7 @@ const TENANT_KEYS: &[&str] = &[
     "hsts",
     "access_log_sample",
     "limits",
+    "allow_path_parameters",
 ];
 const POOL_KEYS: &[&str] = &[
     "backends",
@@ -52,7 +53,7 @@ const HEALTH_KEYS: &[&str] = &[
     "unhealthy_after",
 ];
 const PASSIVE_KEYS: &[&str] = &["failures", "cooldown"];
-const ROUTE_KEYS: &[&str] = &["path_prefix", "pool", "respond"];
+const ROUTE_KEYS: &[&str] = &["path_prefix", "pool", "respond", "match_case"];
 const RESPOND_KEYS: &[&str] = &["status", "body", "headers"];
 
 /// A tenant as far as it could be read. `hosts` keeps each pattern's index in the file for
@@ -105,6 +106,7 @@ pub fn parse(file: &Path, table: &Table, errs: &mut ConfigErrors) -> ParsedTenan
         .table("limits", errs)
         .map(|t| super::limits::parse_limits(file, "limits", t, errs))
         .unwrap_or_default();
+    let allow_path_parameters = f.bool("allow_path_parameters", errs).unwrap_or(false);
     f.finish(errs);
     let tenant = Arc::new(TenantConfig {
         id: id.clone().unwrap_or_default(),
@@ -117,6 +119,7 @@ pub fn parse(file: &Path, table: &Table, errs: &mut ConfigErrors) -> ParsedTenan
         hsts,
         access_log_sample,
         limits,
+        allow_path_parameters,
     });
     ParsedTenant { id, hosts, tenant }
 }
@@ -430,6 +433,7 @@ fn parse_routes(
             }
             [_] => vec![RouteConfig {
                 path_prefix: "/".into(),
+                match_case: true,
                 action: RouteAction::Pool(0),
             }],
             [] => Vec::new(),
@@ -482,19 +486,15 @@ fn parse_route(
 ) -> Option<RouteConfig> {
     let f = Fields::new(file, key, t, ROUTE_KEYS);
     f.require("path_prefix", errs);
-    let prefix = f.str("path_prefix", errs).filter(|p| {
-        let reason = if !p.starts_with('/') {
-            "must start with /"
-        } else if p.contains(|c: char| c == '?' || c == '#' || c.is_whitespace() || c.is_control())
-        {
-            // Such a prefix could never match a request path: it is a mistake, say so.
-            "a path prefix has no query, fragment, spaces or control characters"
-        } else {
-            return true;
-        };
-        errs.push(file, f.path("path_prefix"), reason);
-        false
-    });
+    let prefix = f
+        .str("path_prefix", errs)
+        .filter(|p| match check_prefix(p) {
+            Ok(()) => true,
+            Err(reason) => {
+                errs.push(file, f.path("path_prefix"), reason);
+                false
+            }
+        });
     let action = match (f.str("pool", errs), f.table("respond", errs)) {
         (Some(name), None) => match pools.iter().position(|(n, _)| n == name) {
             Some(i) => Some(RouteAction::Pool(i)),
@@ -522,11 +522,34 @@ fn parse_route(
             None
         }
     };
+    let match_case = f.bool("match_case", errs).unwrap_or(true);
     f.finish(errs);
     Some(RouteConfig {
         path_prefix: prefix?.to_string(),
         action: action?,
+        match_case,
     })
+}
+
+/// A prefix must be written the way porteiro routes request paths (normalised, unreserved
+/// characters unescaped): anything else could never match, or match differently than the
+/// operator reads it.
+fn check_prefix(p: &str) -> Result<(), &'static str> {
+    if !p.starts_with('/') {
+        return Err("must start with /");
+    }
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/-._~!$&'()*+,=:@".contains(c);
+    if !p.chars().all(plain) {
+        // `%`, `;`, `?`, `#`, spaces, non-ASCII: a request path is routed after decoding and
+        // never carries these as written here.
+        return Err("use only letters, digits, `/` and `-._~!$&'()*+,=:@` (no escapes, `;`, query or fragment)");
+    }
+    if p.contains("//") || p.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(
+            "requests are routed with `//`, `.` and `..` resolved: write the prefix that way",
+        );
+    }
+    Ok(())
 }
 
 fn parse_respond(

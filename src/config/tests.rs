@@ -136,6 +136,7 @@ fn a_single_pool_without_routes_gets_everything() {
         c.tenants[0].routes,
         vec![RouteConfig {
             path_prefix: "/".into(),
+            match_case: true,
             action: RouteAction::Pool(0)
         }]
     );

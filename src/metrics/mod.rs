@@ -26,6 +26,31 @@ const BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 pub const OTHER_TENANTS: &str = "_other";
+const CLIENT_ERRORS: [&str; 6] = [
+    "header_timeout",
+    "request_line_too_long",
+    "head_too_large",
+    "closed_mid_head",
+    "listener_full",
+    "client_connections",
+];
+
+/// Counts one open client connection in `porteiro_client_connections` while it lives.
+pub struct OpenConnection(());
+
+impl OpenConnection {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        get().client_connections.inc();
+        Self(())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        get().client_connections.dec();
+    }
+}
 pub const DEFAULT_MAX_TENANTS: usize = 1000;
 
 pub struct Metrics {
@@ -40,6 +65,8 @@ pub struct Metrics {
     connect_errors: IntCounterVec,
     timeouts: IntCounterVec,
     pub unknown_host: IntCounter,
+    client_errors: IntCounterVec,
+    client_connections: IntGauge,
     backend_up: IntGaugeVec,
     health_failures: IntCounterVec,
     backend_selected: IntCounterVec,
@@ -102,6 +129,8 @@ impl Metrics {
             retries: counter(&r, "porteiro_upstream_retries_total", "Extra backend attempts after a failed one.", t),
             connect_errors: counter(&r, "porteiro_upstream_connect_errors_total", "Failed connections to backends (refused, TLS, connect timeout).", t),
             timeouts: counter(&r, "porteiro_upstream_timeouts_total", "Backend reads or writes that timed out.", t),
+            client_errors: counter(&r, "porteiro_client_errors_total", "Client connections refused or closed before a request was read, by reason (header_timeout, request_line_too_long, head_too_large, closed_mid_head, listener_full, client_connections).", &["reason"]),
+            client_connections: gauge(&r, "porteiro_client_connections", "Client connections open now.", &[]).with_label_values(&[] as &[&str]),
             unknown_host: counter(&r, "porteiro_unknown_host_requests_total", "Requests for a host no tenant claims.", &[]).with_label_values(&[] as &[&str]),
             backend_up: gauge(&r, "porteiro_backend_up", "1 when the backend may receive requests, else 0.", b),
             health_failures: counter(&r, "porteiro_health_check_failures_total", "Failed active health probes.", b),
@@ -136,6 +165,9 @@ impl Metrics {
         // Present from the start, so the first failed reload is an increase Prometheus can see.
         for result in ["applied", "unchanged", "failed"] {
             m.reloads.with_label_values(&[result]);
+        }
+        for reason in CLIENT_ERRORS {
+            m.client_errors.with_label_values(&[reason]);
         }
         let info = gauge(
             &m.registry,
@@ -253,6 +285,11 @@ impl Metrics {
         self.limited
             .with_label_values(&[label.as_str(), limit])
             .inc();
+    }
+
+    /// A client connection refused or closed before its request was read (`CLIENT_ERRORS`).
+    pub fn client_error(&self, reason: &'static str) {
+        self.client_errors.with_label_values(&[reason]).inc();
     }
 
     pub fn reload(&self, result: &str) {

@@ -42,6 +42,8 @@ pub struct RequestCtx {
     pub refused_by: Option<&'static str>,
     /// The request path with dot segments resolved, when that differs from what was sent.
     pub normalized_path: Option<String>,
+    /// A backend timed out while the client had not sent the whole body: the client's fault.
+    pub client_stalled: bool,
 }
 
 impl Default for RequestCtx {
@@ -65,6 +67,7 @@ impl Default for RequestCtx {
             max_body: None,
             refused_by: None,
             normalized_path: None,
+            client_stalled: false,
         }
     }
 }

@@ -26,9 +26,12 @@ pub struct Forwarding<'a> {
     pub tenant_id: &'a HeaderValue,
     pub request_id: &'a HeaderValue,
     pub host_rewrite: Option<&'a HeaderValue>,
+    /// `[server] drop_underscore_headers`: drop every client header with `_` in its name.
+    pub drop_underscore: bool,
 }
 
 pub fn apply(req: &mut RequestHeader, f: &Forwarding) -> pingora::Result<()> {
+    drop_underscore_twins(req, f.drop_underscore);
     req.remove_header(X_TENANT_ID);
     req.insert_header(X_TENANT_ID, f.tenant_id.clone())?;
     req.insert_header(X_REQUEST_ID, f.request_id.clone())?;
@@ -93,7 +96,82 @@ const UNVOUCHED: &[&str] = &[
     "x-url-scheme",
     "x-original-url",
     "x-rewrite-url",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+    "forwarded-for",
+    "x-forwarded",
 ];
+
+/// Headers porteiro writes itself (besides `UNVOUCHED`, which it removes).
+const VOUCHED: &[&str] = &[
+    X_TENANT_ID,
+    X_REQUEST_ID,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    FORWARDED,
+    "host",
+];
+
+/// CGI, WSGI and Rack servers read `X_Tenant_Id` and `X-Tenant-Id` as one variable
+/// (`HTTP_X_TENANT_ID`), so a client's underscore twin of a header porteiro sets or vouches
+/// for could stand in for it. Such twins are dropped; with `all`, every name with `_` is.
+fn drop_underscore_twins(req: &mut RequestHeader, all: bool) {
+    let doomed: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .filter(|name| all || is_twin_of_ours(name.as_str()))
+        .cloned()
+        .collect();
+    for name in doomed {
+        req.remove_header(&name);
+    }
+}
+
+fn is_twin_of_ours(name: &str) -> bool {
+    let dashed = name.replace('_', "-");
+    VOUCHED.contains(&dashed.as_str()) || UNVOUCHED.contains(&dashed.as_str())
+}
+
+/// Content-Length values that disagree or are not a number.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadContentLength;
+
+/// Repeated or list-form Content-Length (`5, 5`, two `5` lines, `0005`) becomes one
+/// canonical value, since a strict backend refuses the others; values that disagree, or are
+/// not digits, are an error (the request cannot be framed safely).
+pub fn canonical_content_length(req: &mut RequestHeader) -> Result<(), BadContentLength> {
+    let mut values = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return Ok(());
+    };
+    let simple = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        !b.is_empty() && b.iter().all(u8::is_ascii_digit) && (b[0] != b'0' || b.len() == 1)
+    };
+    if simple(first) && values.next().is_none() {
+        return Ok(());
+    }
+    let mut length: Option<u64> = None;
+    for v in req.headers.get_all(http::header::CONTENT_LENGTH) {
+        for item in v.to_str().map_err(|_| BadContentLength)?.split(',') {
+            let item = item.trim();
+            if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(BadContentLength);
+            }
+            let n: u64 = item.parse().map_err(|_| BadContentLength)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(BadContentLength);
+            }
+            length = Some(n);
+        }
+    }
+    let n = length.ok_or(BadContentLength)?;
+    req.insert_header(http::header::CONTENT_LENGTH, n)
+        .map_err(|_| BadContentLength)
+}
 
 /// At most one Host header (RFC 9112 3.2: more than one is a 400).
 pub fn single_host(req: &RequestHeader) -> bool {
@@ -186,6 +264,7 @@ mod tests {
                 tenant_id: &tenant,
                 request_id: &rid,
                 host_rewrite: None,
+                drop_underscore: false,
             },
         )
         .unwrap();
@@ -290,5 +369,74 @@ mod tests {
         let mut r = req(&[("Host", "a.example.com")]);
         r.set_uri("http://b.example.com/x".parse().unwrap());
         assert_eq!(request_host(&r), Some("b.example.com"));
+    }
+
+    #[test]
+    fn underscore_twins_of_our_headers_are_dropped() {
+        let mut r = req(&[
+            ("X_Tenant_Id", "evil"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("X_Real_IP", "6.6.6.6"),
+            ("True-Client-IP", "6.6.6.6"),
+            ("CF-Connecting-IP", "6.6.6.6"),
+            ("X-Cluster-Client-IP", "6.6.6.6"),
+            ("Forwarded-For", "6.6.6.6"),
+            ("X-Forwarded", "for=6.6.6.6"),
+            ("my_app_header", "kept"),
+        ]);
+        forward(&mut r, false);
+        for gone in [
+            "x_tenant_id",
+            "x_forwarded_for",
+            "x_real_ip",
+            "true-client-ip",
+            "cf-connecting-ip",
+            "x-cluster-client-ip",
+            "forwarded-for",
+            "x-forwarded",
+        ] {
+            assert!(get(&r, gone).is_empty(), "{gone} reached the backend");
+        }
+        assert_eq!(get(&r, "x-tenant-id"), vec!["acme"]);
+        assert_eq!(get(&r, "my_app_header"), vec!["kept"]);
+        // A trusted proxy's twins go too: porteiro never vouches for an underscore name.
+        let mut r = req(&[("X_Tenant_Id", "evil")]);
+        forward(&mut r, true);
+        assert!(get(&r, "x_tenant_id").is_empty());
+        let mut r = req(&[("my_app_header", "x")]);
+        drop_underscore_twins(&mut r, true);
+        assert!(
+            get(&r, "my_app_header").is_empty(),
+            "the broad rule drops all"
+        );
+    }
+
+    #[test]
+    fn content_length_is_forwarded_once_and_canonical() {
+        for sent in [
+            &[("Content-Length", "5"), ("Content-Length", "5")][..],
+            &[("Content-Length", "5, 5")],
+            &[("Content-Length", "0005")],
+        ] {
+            let mut r = req(sent);
+            assert_eq!(canonical_content_length(&mut r), Ok(()));
+            assert_eq!(get(&r, "content-length"), vec!["5"], "{sent:?}");
+        }
+        let mut r = req(&[("Content-Length", "0")]);
+        assert_eq!(canonical_content_length(&mut r), Ok(()));
+        assert_eq!(get(&r, "content-length"), vec!["0"]);
+        for bad in [
+            &[("Content-Length", "5"), ("Content-Length", "6")][..],
+            &[("Content-Length", "5, 6")],
+            &[("Content-Length", "+5")],
+            &[("Content-Length", "5,")],
+            &[("Content-Length", "")],
+        ] {
+            assert_eq!(
+                canonical_content_length(&mut req(bad)),
+                Err(BadContentLength),
+                "{bad:?}"
+            );
+        }
     }
 }

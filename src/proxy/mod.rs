@@ -5,6 +5,7 @@ mod context;
 pub mod headers;
 mod limit;
 mod log;
+mod request;
 mod respond;
 mod tls_policy;
 
@@ -21,9 +22,8 @@ pub use context::RequestCtx;
 use crate::access_log;
 use crate::config::model::HashKey;
 use crate::hash::stable_hash;
-use crate::metrics::{self, InFlight};
-use crate::routing::normalize_path;
-use crate::snapshot::{Resolution, Route, SharedSnapshot};
+use crate::metrics;
+use crate::snapshot::SharedSnapshot;
 use crate::tls::ClientSni;
 use crate::upstream::now_ms;
 
@@ -45,117 +45,27 @@ impl ProxyHttp for Porteiro {
         RequestCtx::default()
     }
 
-    /// Request phase: pin the snapshot, find tenant and route; answer unknown hosts,
-    /// unmatched paths and `respond` routes here so they never reach a backend.
+    /// Request phase: pin the snapshot for every later phase, apply the client timeouts,
+    /// then route; porteiro's own answers (errors, redirects, `respond`, limits) end here.
     async fn request_filter(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         let snap = self.snapshot.load_full();
+        session.set_read_timeout(Some(snap.clients.body_timeout));
+        session.set_write_timeout(Some(snap.clients.send_timeout));
         let sni = client_tls(session, ctx);
-        let req = session.req_header();
-        ctx.request_id = Some(headers::request_id(req));
+        ctx.request_id = Some(headers::request_id(session.req_header()));
         ctx.client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
             // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; trusted_proxies,
             // limits and logs mean the IPv4 address.
             .map(|a| a.ip().to_canonical());
-        // Two Host headers could route by one and reach the backend with the other.
-        let Some(host) = headers::request_host(req).filter(|_| headers::single_host(req)) else {
-            return self.answer_error(session, ctx, 400).await;
-        };
-        let Ok(normalized) = normalize_path(req.uri.path()) else {
-            // Still the tenant's answer: logged under its name, with its HSTS.
-            ctx.tenant = snap.tenant_for_host(host);
-            ctx.snapshot = Some(snap.clone());
-            return self.answer_error(session, ctx, 400).await;
-        };
-        ctx.normalized_path = normalized;
-        let path = ctx.normalized_path.as_deref().unwrap_or(req.uri.path());
-        let resolution = snap.resolve(host, path);
-        let tenant = match &resolution {
-            Resolution::UnknownHost => None,
-            Resolution::NoRoute(t) | Resolution::Route(t, _) => Some(*t),
-        };
-        if metrics::get().counting() {
-            match tenant {
-                Some(t) => {
-                    let m = snap.tenants[t as usize].metrics().clone();
-                    ctx.in_flight = Some(InFlight::start(&m.in_flight));
-                    ctx.metrics = Some(m);
-                }
-                None => metrics::get().unknown_host.inc(),
-            }
-        }
-        if let Some(t) = tenant {
-            let conn = tls_policy::Connection {
-                tls: ctx.tls,
-                sni_tenant: sni.as_deref().map(|name| snap.tenant_for_host(name)),
-                host,
-                path_and_query: req.uri.path_and_query().map_or("/", |pq| pq.as_str()),
-                routed_path: path,
-            };
-            let tc = &snap.tenants[t as usize];
-            match tls_policy::gate(&conn, t, tc.https_redirect, snap.https_port) {
-                tls_policy::Gate::Pass => {}
-                tls_policy::Gate::Misdirected => {
-                    tracing::info!(tenant = %tc.id, sni = sni.as_deref(), host, "421: TLS name belongs to another tenant");
-                    ctx.tenant = Some(t);
-                    ctx.snapshot = Some(snap.clone());
-                    return self.answer_error(session, ctx, 421).await;
-                }
-                tls_policy::Gate::Redirect(location) => {
-                    ctx.tenant = Some(t);
-                    ctx.snapshot = Some(snap.clone());
-                    return self.redirect(session, ctx, location).await;
-                }
-            }
-        }
-        let answer = match resolution {
-            Resolution::UnknownHost => Err(snap.unknown_host_status),
-            Resolution::NoRoute(t) => {
-                ctx.tenant = Some(t);
-                Err(404)
-            }
-            Resolution::Route(t, Route::Respond(resp)) => {
-                ctx.tenant = Some(t);
-                Ok(Some(resp.clone()))
-            }
-            Resolution::Route(t, Route::Pool(pool)) => {
-                ctx.tenant = Some(t);
-                ctx.hash_key = hash_key(pool.hash_key.as_ref(), session.req_header(), ctx);
-                ctx.pool = Some(pool.clone());
-                Ok(None)
-            }
-        };
-        if let Some(limiter) = tenant.and_then(|t| snap.limiters[t as usize].clone()) {
-            if let Err(refusal) = self.admit(session, ctx, &snap, limiter) {
-                ctx.snapshot = Some(snap);
-                return self.refuse(session, ctx, refusal).await;
-            }
-        }
+        let answer = self.decide(session, ctx, &snap, sni.as_deref());
         ctx.snapshot = Some(snap);
-        match answer {
-            Ok(None) => Ok(false),
-            Ok(Some(resp)) => {
-                let mut headers = resp.headers.clone();
-                if let Some(hsts) = ctx.hsts() {
-                    headers.push((http::header::STRICT_TRANSPORT_SECURITY, hsts.clone()));
-                }
-                respond::send(
-                    session,
-                    resp.status,
-                    &headers,
-                    resp.body.clone(),
-                    ctx.request_id.as_ref(),
-                )
-                .await?;
-                Ok(true)
-            }
-            Err(status) => self.answer_error(session, ctx, status).await,
-        }
+        self.answer(session, ctx, answer).await
     }
 
     /// Peer selection (again on each retry): a usable backend this request has not tried yet.
@@ -245,9 +155,9 @@ impl ProxyHttp for Porteiro {
         e.more_context(format!("Peer: {peer}"))
     }
 
-    /// Failure after connecting: timeouts count against the backend; a retry happens only for
-    /// idempotent requests on a reused connection (pingora's rule), never for a POST that may
-    /// have reached the backend.
+    /// Failure after connecting: the backend's timeouts count against it; a retry happens
+    /// only for idempotent requests on a reused connection (pingora's rule), never for a POST
+    /// that may have reached the backend.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -256,21 +166,24 @@ impl ProxyHttp for Porteiro {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
-        // Only the backend's own timeouts: a client stalling its upload times out here too,
-        // and must not count against (or eject) the backend.
-        if e.esource() == &ErrorSource::Upstream
+        let backend_timeout = e.esource() == &ErrorSource::Upstream
             && matches!(
                 e.etype(),
                 ErrorType::ReadTimedout | ErrorType::WriteTimedout
-            )
-        {
+            );
+        // A backend that times out while the client still owes it part of the body is
+        // waiting for that body: the client stalled, and it must not eject the backend.
+        ctx.client_stalled = backend_timeout && !session.is_body_done();
+        if backend_timeout && !ctx.client_stalled {
             if let Some(m) = &ctx.metrics {
                 m.timeouts.inc();
             }
             self.passive_failure(ctx, &e);
         }
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        if ctx.client_stalled
+            || !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
         {
             e.set_retry(false);
         } else {
@@ -337,6 +250,7 @@ impl ProxyHttp for Porteiro {
                 tenant_id: &snap.tenants[t as usize].id_header,
                 request_id: rid,
                 host_rewrite: ctx.pool.as_ref().and_then(|p| p.host_header.as_ref()),
+                drop_underscore: snap.clients.drop_underscore_headers,
             },
         )
     }
@@ -413,7 +327,11 @@ impl ProxyHttp for Porteiro {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let status = status_for(e);
+        let status = if ctx.client_stalled {
+            408
+        } else {
+            status_for(e)
+        };
         if status >= 500 {
             tracing::warn!(
                 tenant = ctx.tenant_id(), pool = ctx.pool_name(), backend = ctx.backend_label(),
@@ -427,7 +345,7 @@ impl ProxyHttp for Porteiro {
             let _ = respond::error(
                 session,
                 status,
-                respond::reason_for(status),
+                respond::failure_reason(status),
                 ctx.request_id.as_ref(),
                 ctx.hsts(),
             )
@@ -456,7 +374,8 @@ impl Porteiro {
         location: String,
     ) -> pingora::Result<bool> {
         let Ok(location) = http::HeaderValue::from_str(&location) else {
-            return self.answer_error(session, ctx, 400).await;
+            respond::error(session, 400, "", ctx.request_id.as_ref(), ctx.hsts()).await?;
+            return Ok(true);
         };
         let headers = [
             (http::header::LOCATION, location),
@@ -471,23 +390,6 @@ impl Porteiro {
             &headers,
             bytes::Bytes::from_static(b"308 Permanent Redirect: use https\n"),
             ctx.request_id.as_ref(),
-        )
-        .await?;
-        Ok(true)
-    }
-
-    async fn answer_error(
-        &self,
-        session: &mut Session,
-        ctx: &RequestCtx,
-        status: u16,
-    ) -> pingora::Result<bool> {
-        respond::error(
-            session,
-            status,
-            respond::reason_for(status),
-            ctx.request_id.as_ref(),
-            ctx.hsts(),
         )
         .await?;
         Ok(true)
@@ -510,8 +412,9 @@ impl Porteiro {
     }
 }
 
-/// The status a failed request gets. Timeouts are 504; anything the upstream side caused is
-/// 502; statuses we raised ourselves pass through; a dead client gets nothing (0).
+/// The status a failed request gets. Backend timeouts are 504 and a client's are 408;
+/// anything else the upstream side caused is 502; statuses we raised ourselves pass through;
+/// a dead client gets nothing (0).
 fn status_for(e: &Error) -> u16 {
     match e.etype() {
         ErrorType::HTTPStatus(code) => *code,
@@ -520,6 +423,7 @@ fn status_for(e: &Error) -> u16 {
         {
             504
         }
+        ErrorType::ReadTimedout if e.esource() == &ErrorSource::Downstream => 408,
         _ => match e.esource() {
             ErrorSource::Upstream => 502,
             ErrorSource::Downstream => match e.etype() {

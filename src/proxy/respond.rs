@@ -35,11 +35,12 @@ pub async fn send(
     Ok(())
 }
 
-/// A plain-text error answer: `status` and a one-line reason.
+/// A plain-text error answer: `"{status} {reason}: {why}"`, where `why` names the problem
+/// (empty: the status says it all).
 pub async fn error(
     session: &mut Session,
     status: u16,
-    reason: &'static str,
+    why: &str,
     request_id: Option<&HeaderValue>,
     hsts: Option<&HeaderValue>,
 ) -> pingora::Result<()> {
@@ -50,25 +51,25 @@ pub async fn error(
     if let Some(hsts) = hsts {
         headers.push((http::header::STRICT_TRANSPORT_SECURITY, hsts.clone()));
     }
-    send(
-        session,
-        status,
-        &headers,
-        Bytes::from_static(reason.as_bytes()),
-        request_id,
-    )
-    .await
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let body = match why {
+        "" => format!("{status} {reason}\n"),
+        _ => format!("{status} {reason}: {why}\n"),
+    };
+    send(session, status, &headers, Bytes::from(body), request_id).await
 }
 
-/// The reason line for each status porteiro produces itself.
-pub fn reason_for(status: u16) -> &'static str {
+/// What went wrong, for the statuses a failed proxy attempt ends with.
+pub fn failure_reason(status: u16) -> &'static str {
     match status {
-        400 => "400 Bad Request: the request has no usable Host\n",
-        404 => "404 Not Found: no tenant serves this host\n",
-        421 => "421 Misdirected Request\n",
-        502 => "502 Bad Gateway: the backend could not be reached or gave no valid answer\n",
-        503 => "503 Service Unavailable: no healthy backend for this request\n",
-        504 => "504 Gateway Timeout: the backend did not answer in time\n",
-        _ => "porteiro could not serve this request\n",
+        408 => "the request body did not arrive in time",
+        413 => "the request body exceeds this site's limit",
+        502 => "the backend could not be reached or gave no valid answer",
+        503 => "no healthy backend for this request",
+        504 => "the backend did not answer in time",
+        _ => "",
     }
 }

@@ -3,18 +3,41 @@
 /// Routes sorted by prefix length, longest first, so the first match is the longest.
 #[derive(Debug, Clone)]
 pub struct PathRoutes<T> {
-    routes: Vec<(Box<str>, T)>,
+    routes: Vec<PathRoute<T>>,
+}
+
+#[derive(Debug, Clone)]
+struct PathRoute<T> {
+    prefix: Box<str>,
+    /// `match_case = false`: compare ASCII letters without case.
+    fold_case: bool,
+    target: T,
+}
+
+impl<T> PathRoute<T> {
+    fn matches(&self, path: &str) -> bool {
+        let (path, prefix) = (path.as_bytes(), self.prefix.as_bytes());
+        match path.get(..prefix.len()) {
+            Some(head) if self.fold_case => head.eq_ignore_ascii_case(prefix),
+            Some(head) => head == prefix,
+            None => false,
+        }
+    }
 }
 
 impl<T> PathRoutes<T> {
-    pub fn new(mut routes: Vec<(String, T)>) -> Self {
-        routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
-        Self {
-            routes: routes
-                .into_iter()
-                .map(|(p, t)| (p.into_boxed_str(), t))
-                .collect(),
-        }
+    /// `(prefix, match_case, target)` for each route.
+    pub fn new(routes: Vec<(String, bool, T)>) -> Self {
+        let mut routes: Vec<PathRoute<T>> = routes
+            .into_iter()
+            .map(|(p, match_case, target)| PathRoute {
+                prefix: p.into_boxed_str(),
+                fold_case: !match_case,
+                target,
+            })
+            .collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        Self { routes }
     }
 
     /// A plain byte-prefix match, as nginx's `location /prefix`: `/api` matches `/apix` too,
@@ -22,8 +45,8 @@ impl<T> PathRoutes<T> {
     pub fn lookup(&self, path: &str) -> Option<&T> {
         self.routes
             .iter()
-            .find(|(prefix, _)| path.starts_with(prefix.as_ref()))
-            .map(|(_, t)| t)
+            .find(|r| r.matches(path))
+            .map(|r| &r.target)
     }
 
     pub fn len(&self) -> usize {
@@ -42,9 +65,9 @@ mod tests {
     #[test]
     fn longest_prefix_wins_regardless_of_order() {
         let r = PathRoutes::new(vec![
-            ("/".to_string(), "web"),
-            ("/api/v2/".to_string(), "v2"),
-            ("/api/".to_string(), "api"),
+            ("/".to_string(), true, "web"),
+            ("/api/v2/".to_string(), true, "v2"),
+            ("/api/".to_string(), true, "api"),
         ]);
         assert_eq!(r.lookup("/api/v2/users"), Some(&"v2"));
         assert_eq!(r.lookup("/api/v1/users"), Some(&"api"));
@@ -54,9 +77,28 @@ mod tests {
 
     #[test]
     fn no_match_without_a_root_route() {
-        let r = PathRoutes::new(vec![("/status".to_string(), 1)]);
+        let r = PathRoutes::new(vec![("/status".to_string(), true, 1)]);
         assert_eq!(r.lookup("/"), None);
         assert_eq!(r.lookup("/status/x"), Some(&1));
+    }
+
+    #[test]
+    fn match_case_false_folds_ascii_letters_only() {
+        let r = PathRoutes::new(vec![
+            ("/".to_string(), true, "web"),
+            ("/admin".to_string(), false, "admin"),
+            ("/Docs".to_string(), true, "docs"),
+        ]);
+        assert_eq!(r.lookup("/ADMIN/x"), Some(&"admin"));
+        assert_eq!(r.lookup("/aDmIn"), Some(&"admin"));
+        assert_eq!(r.lookup("/docs"), Some(&"web"), "case-sensitive by default");
+        assert_eq!(r.lookup("/Docs"), Some(&"docs"));
+        assert_eq!(r.lookup("/adm"), Some(&"web"));
+        assert_eq!(
+            r.lookup("/é"),
+            Some(&"web"),
+            "no slicing inside a character"
+        );
     }
 }
 
@@ -117,6 +159,52 @@ pub fn normalize_path(path: &str) -> Result<Option<String>, AmbiguousPath> {
     Ok((normal != path).then_some(normal))
 }
 
+/// The path to route by, when it differs from the normalised path: an encoded slash (`%2F`)
+/// counts as a slash, because many backends decode it before they route, so `/api%2Fadmin`
+/// must meet an `/api/admin` route. It is still forwarded encoded (APIs use it inside
+/// identifiers). A path where decoding it would form an empty or dot segment (`/a%2F..%2Fb`,
+/// `/%2Fadmin`) is refused: backends disagree on what that means.
+pub fn routing_view(normal: &str) -> Result<Option<String>, AmbiguousPath> {
+    let bytes = normal.as_bytes();
+    let encoded_slash = |i: usize| {
+        bytes[i] == b'%'
+            && bytes.get(i + 1) == Some(&b'2')
+            && matches!(bytes.get(i + 2), Some(b'f' | b'F'))
+    };
+    if !(0..bytes.len()).any(encoded_slash) {
+        return Ok(None);
+    }
+    let mut view = String::with_capacity(normal.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if encoded_slash(i) {
+            view.push('/');
+            i += 3;
+        } else {
+            // Copy up to the next '%' (ASCII), keeping UTF-8 whole.
+            let next = normal[i + 1..].find('%').map_or(bytes.len(), |n| i + 1 + n);
+            view.push_str(&normal[i..next]);
+            i = next;
+        }
+    }
+    let segments: Vec<&str> = view.strip_prefix('/').unwrap_or(&view).split('/').collect();
+    let last = segments.len() - 1;
+    let odd_segment = segments
+        .iter()
+        .enumerate()
+        .any(|(n, seg)| matches!(*seg, "." | "..") || (seg.is_empty() && n != last));
+    if odd_segment {
+        return Err(AmbiguousPath);
+    }
+    Ok(Some(view))
+}
+
+/// `;` parameters in a path segment (`/a;jsessionid=1`): Java servers strip them before they
+/// route, so `/;/admin` reaches their `/admin`.
+pub fn has_path_parameters(path: &str) -> bool {
+    path.contains(';')
+}
+
 /// `%XX` escapes of unreserved characters replaced by the character; other escapes kept as
 /// sent. `None` when there is nothing to decode.
 fn decode_unreserved(path: &str) -> Result<Option<String>, AmbiguousPath> {
@@ -152,7 +240,7 @@ fn decode_unreserved(path: &str) -> Result<Option<String>, AmbiguousPath> {
 
 #[cfg(test)]
 mod normalize_tests {
-    use super::{normalize_path, AmbiguousPath};
+    use super::{has_path_parameters, normalize_path, routing_view, AmbiguousPath};
 
     fn norm(p: &str) -> Option<String> {
         normalize_path(p).expect("accepted")
@@ -200,5 +288,36 @@ mod normalize_tests {
             None,
             "parameters on other segments are fine"
         );
+    }
+
+    #[test]
+    fn encoded_slashes_route_as_slashes() {
+        assert_eq!(routing_view("/api/users"), Ok(None));
+        assert_eq!(routing_view("/a%20b"), Ok(None));
+        assert_eq!(
+            routing_view("/api%2Fadmin").unwrap().as_deref(),
+            Some("/api/admin")
+        );
+        assert_eq!(
+            routing_view("/projects/g%2fr/x").unwrap().as_deref(),
+            Some("/projects/g/r/x")
+        );
+        assert_eq!(routing_view("/a%2F").unwrap().as_deref(), Some("/a/"));
+        for p in [
+            "/%2Fadmin",
+            "/a%2F%2Fb",
+            "/x%2F..%2Fadmin",
+            "/x%2F.",
+            "/a/%2F",
+        ] {
+            assert_eq!(routing_view(p), Err(AmbiguousPath), "{p}");
+        }
+    }
+
+    #[test]
+    fn parameters_are_seen_in_any_segment() {
+        assert!(has_path_parameters("/;/admin"));
+        assert!(has_path_parameters("/a;x/b"));
+        assert!(!has_path_parameters("/a%3Bx"));
     }
 }
