@@ -55,7 +55,7 @@ impl Admin {
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(bearer_token);
         sent.is_some_and(|s| constant_time_eq(s.as_bytes(), token.as_bytes()))
     }
 
@@ -151,6 +151,15 @@ impl ServeHttp for Admin {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 9110 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
+}
+
 /// Token comparison whose time does not depend on where the first difference is.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -158,6 +167,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bearer_scheme_in_any_case() {
+        for v in ["Bearer abc", "bearer abc", "BEARER  abc", " Bearer abc "] {
+            assert_eq!(super::bearer_token(v), Some("abc"), "{v:?}");
+        }
+        assert_eq!(super::bearer_token("Basic abc"), None);
+        assert_eq!(super::bearer_token("Bearerabc"), None);
+    }
+
     #[test]
     fn token_comparison() {
         assert!(super::constant_time_eq(b"abc", b"abc"));

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
+use arc_swap::ArcSwapOption;
 use serde::Serialize;
 
 pub use triggers::{ConfigWatcher, HangupReloader};
@@ -105,6 +106,7 @@ pub struct Reloader {
     snapshot: Arc<SharedSnapshot>,
     /// Serialises reloads: two triggers at once never interleave their steps.
     state: Mutex<State>,
+    admin_token: ArcSwapOption<String>,
 }
 
 impl Reloader {
@@ -114,6 +116,7 @@ impl Reloader {
         Self {
             main_file: main_file.to_path_buf(),
             snapshot,
+            admin_token: ArcSwapOption::new(config.server.admin_token.clone().map(Arc::new)),
             state: Mutex::new(State {
                 started_with: config.server.clone(),
                 current: config.server.clone(),
@@ -128,7 +131,9 @@ impl Reloader {
     pub fn reload(&self, trigger: Trigger) -> Outcome {
         let mut state = self.lock();
         let started = Instant::now();
-        let config = match config::load_cached(&self.main_file, &mut state.cache) {
+        let loaded = config::load_cached(&self.main_file, &mut state.cache)
+            .and_then(|c| admin_token_rule(&state.started_with, c));
+        let config = match loaded {
             Ok(c) => c,
             Err(errors) => {
                 tracing::error!(
@@ -188,6 +193,8 @@ impl Reloader {
         state.status.last_reload_ms = Some(took.as_millis() as u64);
         state.status.restart_required = restart_required;
         state.current = config.server.clone();
+        self.admin_token
+            .store(config.server.admin_token.clone().map(Arc::new));
         let c = self.snapshot.load().counts();
         tracing::info!(
             trigger = trigger.as_str(),
@@ -212,8 +219,9 @@ impl Reloader {
     }
 
     /// The admin token of the configuration serving now (rotating it needs no restart).
-    pub fn admin_token(&self) -> Option<String> {
-        self.lock().current.admin_token.clone()
+    /// Lock-free: an admin request (a liveness probe) never waits for a reload.
+    pub fn admin_token(&self) -> Option<Arc<String>> {
+        self.admin_token.load_full()
     }
 
     /// The directories whose changes may change the configuration: the main file's, the
@@ -260,6 +268,26 @@ impl Reloader {
 }
 
 /// The `[server]` keys whose change only a restart applies, by name.
+/// The admin listener stays where it was bound until a restart, so the token rule (a
+/// listener reachable from other machines needs a token) is checked against that address,
+/// not only the one in the files: removing the token along with a move to loopback must not
+/// leave the bound listener open.
+fn admin_token_rule(started: &ServerConfig, config: Config) -> Result<Config, ConfigErrors> {
+    match started.admin {
+        Some(bound) if !bound.ip().is_loopback() && config.server.admin_token.is_none() => {
+            let mut errs = ConfigErrors::default();
+            let main = config.sources.first().cloned().unwrap_or_default();
+            errs.push(
+                &main,
+                "server.admin_token",
+                format!("the admin listener is bound to {bound} until a restart: keep admin_token until then"),
+            );
+            Err(errs)
+        }
+        _ => Ok(config),
+    }
+}
+
 fn restart_required(started: &ServerConfig, now: &ServerConfig) -> Vec<String> {
     let mut keys = Vec::new();
     let mut check = |key: &str, changed: bool| {

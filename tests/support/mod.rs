@@ -167,6 +167,15 @@ async fn answer(
         // Bounded: a test that forgets to release still ends.
         let _ = tokio::time::timeout(Duration::from_secs(10), release.notified()).await;
     }
+    if path.starts_with("/upload") {
+        // An upload handler answers once it has the whole body.
+        let body = http_body_util::BodyExt::collect(req.into_body()).await;
+        let len = body.map_or(0, |b| b.to_bytes().len());
+        return Response::builder()
+            .header("x-backend", name.as_str())
+            .body(Full::new(Bytes::from(format!("{name} got {len} bytes\n"))))
+            .unwrap();
+    }
     Response::builder()
         .header("x-backend", name.as_str())
         .body(Full::new(Bytes::from(format!("{name} {path}\n"))))
@@ -336,6 +345,11 @@ impl Proxy {
         String::from_utf8_lossy(&answer).into_owned()
     }
 
+    /// A raw connection to the proxy's listener.
+    pub async fn connect(&self) -> tokio::net::TcpStream {
+        tokio::net::TcpStream::connect(self.addr).await.unwrap()
+    }
+
     /// `GET /-/config` as JSON.
     pub async fn config_status(&self) -> serde_json::Value {
         let r = client()
@@ -388,6 +402,63 @@ pub async fn send(req: reqwest::RequestBuilder) -> Reply {
         headers,
         body,
     }
+}
+
+/// Reads from `conn` until the peer closes it or `limit` passes; returns what arrived and
+/// whether the peer closed the connection within the limit.
+pub async fn read_until_closed(
+    conn: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+/// Reads one HTTP/1.1 answer with a Content-Length body from a kept-alive connection.
+pub async fn read_answer(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before a whole answer: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + len {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("an answer within 10s");
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 /// Polls `probe` until it returns true, at most `limit`; panics with `what` otherwise.
