@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SITE: &str = r#"
 id = "site"
@@ -146,26 +146,32 @@ async fn idle_half_sent_and_slow_heads_are_cut_off() {
     assert!(closed, "half a head keeps the connection");
     assert_eq!(status_of(&answer), 408, "{answer}");
 
-    // One byte every 200ms: every read arrives in time, the whole head does not.
+    // One byte every 200ms: every read arrives in time, the whole head does not. The answer
+    // must come while bytes are still flowing.
     let mut slow = s.proxy.connect().await;
     let started = Instant::now();
     let head =
         b"GET /slowloris HTTP/1.1\r\nHost: b.test\r\nX-Padding: aaaaaaaaaaaaaaaaaaaa\r\n\r\n";
-    let mut cut = false;
+    let mut answer = Vec::new();
     for byte in head {
         if slow.write_all(&[*byte]).await.is_err() {
-            cut = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if started.elapsed() > limit {
-            break;
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(200), slow.read(&mut buf)).await {
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Ok(Err(_)) => break,
+            Err(_) => {}
         }
     }
-    let (answer, closed) = read_until_closed(&mut slow, limit).await;
-    assert!(cut || closed, "a slowloris head was not cut off");
-    assert!(started.elapsed() < Duration::from_secs(8));
-    assert!(!answer.contains("200 OK"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a slowloris head was not cut off at the head deadline"
+    );
+    assert_eq!(status_of(&String::from_utf8_lossy(&answer)), 408);
     assert_eq!(s.web.hits(), 0);
 
     let mut kept = s.proxy.connect().await;
@@ -341,11 +347,12 @@ async fn paths_backends_read_differently_cannot_skip_a_route() {
         ("/%2Fadmin", 400),
         ("/API/admin", 200),
         ("/files/a%2Fb", 200),
+        ("/%7Eé/x", 200),
     ] {
         assert_eq!(ask(path).await, want, "{path}");
     }
     let forwarded: Vec<String> = s.web.seen().into_iter().map(|r| r.path).collect();
-    assert_eq!(forwarded, ["/API/admin", "/files/a%2Fb"]);
+    assert_eq!(forwarded, ["/API/admin", "/files/a%2Fb", "/~é/x"]);
 
     let allowing = site("", "30s", true).await;
     let answer = allowing

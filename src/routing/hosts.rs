@@ -70,8 +70,18 @@ impl<T> HostTable<T> {
 pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
     let without_port = strip_port(raw)?;
     let name = without_port.strip_suffix('.').unwrap_or(without_port);
-    if name.is_empty() || name.len() > 253 {
+    // `a..` is `a.` once its root dot goes: an empty last label, no host.
+    if name.is_empty() || name.len() > 253 || name.ends_with('.') {
         return None;
+    }
+    if let Some(literal) = name.strip_prefix('[') {
+        // An IPv6 literal, and nothing else, may carry colons and brackets.
+        let inner = literal.strip_suffix(']')?;
+        inner.parse::<std::net::Ipv6Addr>().ok()?;
+        return Some(match name.bytes().any(|b| b.is_ascii_uppercase()) {
+            true => Cow::Owned(name.to_ascii_lowercase()),
+            false => Cow::Borrowed(name),
+        });
     }
     let mut needs_lowercase = false;
     // Starts as if after a dot: an empty label (`.a.com`, `x..a.com`) names no host, and
@@ -80,7 +90,7 @@ pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
     for b in name.bytes() {
         match b {
             b'.' if prev == b'.' => return None,
-            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b':' | b'[' | b']' => {}
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {}
             b'A'..=b'Z' => needs_lowercase = true,
             _ => return None,
         }

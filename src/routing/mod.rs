@@ -7,3 +7,6 @@ pub mod target;
 pub use hosts::{normalize_host, HostTable};
 pub use paths::{normalize_path, PathRoutes};
 pub use target::{inspect as inspect_target, BadTarget, RoutedTarget};
+
+#[cfg(test)]
+mod properties;

@@ -159,44 +159,67 @@ pub fn normalize_path(path: &str) -> Result<Option<String>, AmbiguousPath> {
     Ok((normal != path).then_some(normal))
 }
 
-/// The path to route by, when it differs from the normalised path: an encoded slash (`%2F`)
-/// counts as a slash, because many backends decode it before they route, so `/api%2Fadmin`
-/// must meet an `/api/admin` route. It is still forwarded encoded (APIs use it inside
-/// identifiers). A path where decoding it would form an empty or dot segment (`/a%2F..%2Fb`,
-/// `/%2Fadmin`) is refused: backends disagree on what that means.
-pub fn routing_view(normal: &str) -> Result<Option<String>, AmbiguousPath> {
-    let bytes = normal.as_bytes();
-    let encoded_slash = |i: usize| {
-        bytes[i] == b'%'
-            && bytes.get(i + 1) == Some(&b'2')
-            && matches!(bytes.get(i + 2), Some(b'f' | b'F'))
-    };
-    if !(0..bytes.len()).any(encoded_slash) {
+/// The path to route by, when it differs from the normalised path: every remaining escape
+/// decoded once, as most backends do before they route, so `/api%2Fadmin` meets an
+/// `/api/admin` route and `/a%3Ab` an `/a:b` one. The request is still forwarded with its
+/// escapes (APIs use `%2F` inside identifiers). `sent` is the path before normalisation:
+/// where an encoded slash would form an empty or dot segment once decoded (`/a%2F..%2Fb`,
+/// `/%2Fadmin`, `/a%2Fb/..`), backends disagree on what the path means, and it is refused.
+pub fn routing_view(sent: &str, normal: &str) -> Result<Option<String>, AmbiguousPath> {
+    if !sent.contains('%') {
         return Ok(None);
     }
-    let mut view = String::with_capacity(normal.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if encoded_slash(i) {
-            view.push('/');
-            i += 3;
-        } else {
-            // Copy up to the next '%' (ASCII), keeping UTF-8 whole.
-            let next = normal[i + 1..].find('%').map_or(bytes.len(), |n| i + 1 + n);
-            view.push_str(&normal[i..next]);
-            i = next;
-        }
-    }
-    let segments: Vec<&str> = view.strip_prefix('/').unwrap_or(&view).split('/').collect();
-    let last = segments.len() - 1;
-    let odd_segment = segments
-        .iter()
-        .enumerate()
-        .any(|(n, seg)| matches!(*seg, "." | "..") || (seg.is_empty() && n != last));
-    if odd_segment {
+    let has_encoded_slash = |p: &str| {
+        p.as_bytes()
+            .windows(3)
+            .any(|w| w[0] == b'%' && w[1] == b'2' && matches!(w[2], b'f' | b'F'))
+    };
+    if has_encoded_slash(sent) && has_odd_segment(&decode_all(sent)) {
         return Err(AmbiguousPath);
     }
-    Ok(Some(view))
+    if !normal.contains('%') {
+        return Ok(None);
+    }
+    let view = decode_all(normal);
+    if has_odd_segment(&view) {
+        return Err(AmbiguousPath);
+    }
+    Ok((view != normal).then_some(view))
+}
+
+/// Every `%XX` escape decoded once. Route prefixes are ASCII, so a byte that is not valid
+/// UTF-8 once decoded can never be part of a match.
+fn decode_all(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A `.` or `..` segment, or an empty one other than a trailing slash.
+fn has_odd_segment(path: &str) -> bool {
+    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+    let last = segments.len() - 1;
+    segments
+        .iter()
+        .enumerate()
+        .any(|(n, seg)| matches!(*seg, "." | "..") || (seg.is_empty() && n != last))
 }
 
 /// `;` parameters in a path segment (`/a;jsessionid=1`): Java servers strip them before they
@@ -228,8 +251,9 @@ fn decode_unreserved(path: &str) -> Result<Option<String>, AmbiguousPath> {
                 i += 3;
             }
             _ => {
-                // The path is a &str, so copying up to the next '%' keeps UTF-8 whole.
-                let next = path[i + 1..].find('%').map_or(bytes.len(), |n| i + 1 + n);
+                // Up to the next '%' (ASCII, so a char boundary): UTF-8 stays whole. `i` may
+                // start a multi-byte character, so search bytes, not `path[i + 1..]`.
+                let next = memchr::memchr(b'%', &bytes[i + 1..]).map_or(bytes.len(), |n| i + 1 + n);
                 out.push_str(&path[i..next]);
                 i = next;
             }
@@ -268,6 +292,11 @@ mod normalize_tests {
         assert_eq!(norm("/a%20b%"), None);
         assert_eq!(norm("/caf%C3%A9/%61").as_deref(), Some("/caf%C3%A9/a"));
         assert_eq!(norm("/é/%2e%2e/x").as_deref(), Some("/x"));
+        assert_eq!(
+            norm("/%7Eé%2Fb").as_deref(),
+            Some("/~é%2Fb"),
+            "no panic mid-character"
+        );
     }
 
     #[test]
@@ -291,18 +320,33 @@ mod normalize_tests {
     }
 
     #[test]
-    fn encoded_slashes_route_as_slashes() {
-        assert_eq!(routing_view("/api/users"), Ok(None));
-        assert_eq!(routing_view("/a%20b"), Ok(None));
+    fn escapes_are_decoded_once_for_routing() {
+        assert_eq!(routing_view("/api/users", "/api/users"), Ok(None));
         assert_eq!(
-            routing_view("/api%2Fadmin").unwrap().as_deref(),
+            routing_view("/a%20b", "/a%20b").unwrap().as_deref(),
+            Some("/a b")
+        );
+        assert_eq!(
+            routing_view("/a%3Ab", "/a%3Ab").unwrap().as_deref(),
+            Some("/a:b")
+        );
+        assert_eq!(routing_view("/a%zz", "/a%zz"), Ok(None));
+        assert_eq!(
+            routing_view("/api%2Fadmin", "/api%2Fadmin")
+                .unwrap()
+                .as_deref(),
             Some("/api/admin")
         );
         assert_eq!(
-            routing_view("/projects/g%2fr/x").unwrap().as_deref(),
+            routing_view("/projects/g%2fr/x", "/projects/g%2fr/x")
+                .unwrap()
+                .as_deref(),
             Some("/projects/g/r/x")
         );
-        assert_eq!(routing_view("/a%2F").unwrap().as_deref(), Some("/a/"));
+        assert_eq!(
+            routing_view("/a%2F", "/a%2F").unwrap().as_deref(),
+            Some("/a/")
+        );
         for p in [
             "/%2Fadmin",
             "/a%2F%2Fb",
@@ -310,7 +354,7 @@ mod normalize_tests {
             "/x%2F.",
             "/a/%2F",
         ] {
-            assert_eq!(routing_view(p), Err(AmbiguousPath), "{p}");
+            assert_eq!(routing_view(p, p), Err(AmbiguousPath), "{p}");
         }
     }
 

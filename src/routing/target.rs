@@ -58,9 +58,11 @@ pub fn inspect(is_options: bool, raw: &[u8], path: &str) -> Result<RoutedTarget,
         (None, false) => None,
     };
     let normal = forward.as_deref().unwrap_or(path);
-    let route = routing_view(normal).map_err(|_| BadTarget::Ambiguous)?;
+    let route = routing_view(path, normal).map_err(|_| BadTarget::Ambiguous)?;
+    // Decoded too: a backend that decodes before it strips parameters reads `%3B` as `;`.
+    let has_parameters = has_path_parameters(route.as_deref().unwrap_or(normal));
     Ok(RoutedTarget {
-        has_parameters: has_path_parameters(normal),
+        has_parameters,
         forward,
         route,
     })
