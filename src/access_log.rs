@@ -35,6 +35,9 @@ pub struct Entry<'a> {
     pub client_ip: Option<String>,
     pub tls: bool,
     pub h2: bool,
+    /// The cache result for cached tenants (hit, miss, stale, revalidated, bypass, coalesced).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'a str>,
 }
 
 static SENDER: OnceLock<SyncSender<String>> = OnceLock::new();

@@ -64,6 +64,7 @@ pub fn prepare(config_file: &Path, opts: &RunOptions) -> Result<Prepared, StartE
     }
     crate::metrics::get().set_max_tenants(config.server.metrics_max_tenants);
     crate::metrics::get().set_counting(config.server.metrics_enabled);
+    crate::cache::configure(&config);
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&config, 1, None)));
     let reloader = Arc::new(Reloader::new(config_file, &config, snapshot.clone()));
     let server = build_server(&config, snapshot.clone(), reloader.clone(), opts)?;

@@ -15,7 +15,8 @@ use ipnet::IpNet;
 use rustls::sign::CertifiedKey;
 
 use crate::config::model::{
-    CaBundle, ClientLimits, Config, LoadedCert, RouteAction, StaticResponse, TenantConfig,
+    CaBundle, CacheMemory, ClientLimits, Config, LoadedCert, RouteAction, StaticResponse,
+    TenantConfig,
 };
 use crate::limits::TenantLimiter;
 use crate::metrics::TenantMetrics;
@@ -45,6 +46,8 @@ pub struct Snapshot {
     pub limiters: Vec<Option<Arc<TenantLimiter>>>,
     /// Timeouts and caps for client connections accepted under this generation.
     pub clients: ClientLimits,
+    /// `[cache]` of the main file.
+    pub cache: CacheMemory,
 }
 
 #[derive(Debug)]
@@ -74,7 +77,11 @@ impl Tenant {
 
 #[derive(Debug, Clone)]
 pub enum Route {
-    Pool(Arc<Pool>),
+    /// Forward to the pool; `cache`: the route lets its responses be cached.
+    Pool {
+        pool: Arc<Pool>,
+        cache: bool,
+    },
     Respond(Arc<PreparedResponse>),
 }
 
@@ -150,6 +157,7 @@ impl Snapshot {
             https_port: config.server.https_port,
             limiters,
             clients: config.server.clients,
+            cache: config.server.cache,
         }
     }
 
@@ -284,7 +292,10 @@ fn build_tenant(
         .iter()
         .map(|r| {
             let route = match &r.action {
-                RouteAction::Pool(i) => Route::Pool(pools[*i].clone()),
+                RouteAction::Pool(i) => Route::Pool {
+                    pool: pools[*i].clone(),
+                    cache: r.cache,
+                },
                 RouteAction::Respond(resp) => Route::Respond(Arc::new(prepare(resp))),
             };
             (r.path_prefix.clone(), r.match_case, route)

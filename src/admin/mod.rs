@@ -1,4 +1,5 @@
-//! The admin listener: `/-/healthy`, `/-/ready`, `POST /-/reload`, `GET /-/config`.
+//! The admin listener: `/-/healthy`, `/-/ready`, `POST /-/reload`, `GET /-/config`,
+//! `DELETE /-/cache/{tenant}`.
 //! Loopback by default; with `admin_token` set every request needs the bearer token.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +10,8 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
+
+mod purge;
 
 use crate::reload::{Outcome, Reloader, Trigger};
 use crate::snapshot::SharedSnapshot;
@@ -59,7 +62,17 @@ impl Admin {
         sent.is_some_and(|s| constant_time_eq(s.as_bytes(), token.as_bytes()))
     }
 
-    async fn route(&self, method: &Method, path: &str) -> (StatusCode, serde_json::Value) {
+    async fn route(&self, method: &Method, uri: &http::Uri) -> (StatusCode, serde_json::Value) {
+        let path = uri.path();
+        if let Some(tenant) = path.strip_prefix("/-/cache/") {
+            return match *method {
+                Method::DELETE => purge::purge(&self.snapshot.load(), tenant, uri.query()),
+                _ => (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    json!({"error": "method not allowed"}),
+                ),
+            };
+        }
         match (method, path) {
             (&Method::GET, "/-/healthy") => (StatusCode::OK, json!({"status": "ok"})),
             (&Method::GET, "/-/ready") if self.is_ready() => {
@@ -131,8 +144,8 @@ impl ServeHttp for Admin {
                 .unwrap_or_default();
         }
         let (status, body) = if authorized {
-            let path = session.req_header().uri.path().to_string();
-            self.route(&method, &path).await
+            let uri = session.req_header().uri.clone();
+            self.route(&method, &uri).await
         } else {
             (
                 StatusCode::UNAUTHORIZED,

@@ -2,6 +2,7 @@
 //! path and reason; a config with any error is refused whole.
 
 mod backends;
+mod cache;
 mod clients;
 mod duration;
 mod error;

@@ -94,6 +94,62 @@ pub struct ServerConfig {
     pub quota_persist_interval: Duration,
     /// Timeouts and caps that protect porteiro from its clients.
     pub clients: ClientLimits,
+    /// `[cache]` of the main file.
+    pub cache: CacheMemory,
+}
+
+/// `[cache]` in the main file: what every tenant's cache shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheMemory {
+    /// Bytes all tenants' entries may hold together; 0 turns caching off everywhere.
+    pub max_memory: u64,
+    /// How long concurrent misses for one key wait for the first one's response before they
+    /// go to the backend themselves.
+    pub lock_timeout: Duration,
+}
+
+impl Default for CacheMemory {
+    fn default() -> Self {
+        Self {
+            max_memory: 256 << 20,
+            lock_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A tenant's `[cache]`. Without the table the tenant is never cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantCache {
+    pub enabled: bool,
+    /// This tenant's budget in bytes; `None`: `max_memory / 8`.
+    pub max_size: Option<u64>,
+    /// Larger responses stream through and are not stored.
+    pub max_object_size: u64,
+    /// Freshness for a storable response that gives none.
+    pub default_ttl: Option<Duration>,
+    /// For responses that do not carry their own `stale-while-revalidate` / `stale-if-error`.
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+    /// Cache even when the request carries `Cookie`.
+    pub ignore_cookies: bool,
+    /// A request's `Cache-Control: no-cache` (or `max-age=0`, `Pragma: no-cache`) revalidates
+    /// the stored response with the backend; otherwise it is answered from the cache.
+    pub honor_client_no_cache: bool,
+}
+
+impl Default for TenantCache {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_size: None,
+            max_object_size: 8 << 20,
+            default_ttl: None,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            ignore_cookies: false,
+            honor_client_no_cache: false,
+        }
+    }
 }
 
 /// `[server]` keys that bound what one client connection may hold: time, bytes, connections.
@@ -176,6 +232,8 @@ pub struct TenantConfig {
     /// Accept `;` path parameters (`/a;jsessionid=1/b`); refused by default because Java
     /// servers drop them before routing, so `/;/admin` would reach `/admin` past a route.
     pub allow_path_parameters: bool,
+    /// `[cache]`; `None` (or `enabled = false`): never cached.
+    pub cache: Option<TenantCache>,
 }
 
 /// Per-tenant limits. Every key is optional; in a tenant file an unset key falls back to the
@@ -314,6 +372,8 @@ pub struct RouteConfig {
     /// `false`: the prefix matches in any letter case, for backends that route that way
     /// (Express, ASP.NET), so `/ADMIN` cannot reach their `/admin` past this route.
     pub match_case: bool,
+    /// `cache = false`: this route's responses are never cached.
+    pub cache: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -12,7 +12,7 @@ use super::fields::Fields;
 use super::model::{AccessLogConfig, AccessLogTarget, ServerConfig};
 use super::tls_keys::parse_tls_files;
 
-const TOP_KEYS: &[&str] = &["server", "metrics", "access_log", "limits"];
+const TOP_KEYS: &[&str] = &["server", "metrics", "access_log", "limits", "cache"];
 const METRICS_KEYS: &[&str] = &["enabled", "max_tenants"];
 const ACCESS_LOG_KEYS: &[&str] = &["path", "queue"];
 pub(super) const SERVER_KEYS: &[&str] = &[
@@ -70,6 +70,7 @@ pub fn defaults() -> ServerConfig {
         quota_state_file: None,
         quota_persist_interval: Duration::from_secs(10),
         clients: Default::default(),
+        cache: Default::default(),
     }
 }
 
@@ -102,6 +103,9 @@ pub fn parse(file: &Path, top: &Table, errs: &mut ConfigErrors) -> ServerConfig 
     }
     if let Some(t) = top_fields.table("limits", errs) {
         s.default_limits = super::limits::parse_limits(file, "limits", t, errs);
+    }
+    if let Some(t) = top_fields.table("cache", errs) {
+        s.cache = super::cache::parse_main(file, t, errs);
     }
     top_fields.finish(errs);
     let Some(table) = table else {

@@ -24,6 +24,7 @@ const TENANT_KEYS: &[&str] = &[
     "access_log_sample",
     "limits",
     "allow_path_parameters",
+    "cache",
 ];
 const POOL_KEYS: &[&str] = &[
     "backends",
@@ -53,7 +54,7 @@ const HEALTH_KEYS: &[&str] = &[
     "unhealthy_after",
 ];
 const PASSIVE_KEYS: &[&str] = &["failures", "cooldown"];
-const ROUTE_KEYS: &[&str] = &["path_prefix", "pool", "respond", "match_case"];
+const ROUTE_KEYS: &[&str] = &["path_prefix", "pool", "respond", "match_case", "cache"];
 const RESPOND_KEYS: &[&str] = &["status", "body", "headers"];
 
 /// A tenant as far as it could be read. `hosts` keeps each pattern's index in the file for
@@ -107,6 +108,9 @@ pub fn parse(file: &Path, table: &Table, errs: &mut ConfigErrors) -> ParsedTenan
         .map(|t| super::limits::parse_limits(file, "limits", t, errs))
         .unwrap_or_default();
     let allow_path_parameters = f.bool("allow_path_parameters", errs).unwrap_or(false);
+    let cache = f
+        .table("cache", errs)
+        .map(|t| super::cache::parse_tenant(file, t, errs));
     f.finish(errs);
     let tenant = Arc::new(TenantConfig {
         id: id.clone().unwrap_or_default(),
@@ -120,6 +124,7 @@ pub fn parse(file: &Path, table: &Table, errs: &mut ConfigErrors) -> ParsedTenan
         access_log_sample,
         limits,
         allow_path_parameters,
+        cache,
     });
     ParsedTenant { id, hosts, tenant }
 }
@@ -434,6 +439,7 @@ fn parse_routes(
             [_] => vec![RouteConfig {
                 path_prefix: "/".into(),
                 match_case: true,
+                cache: true,
                 action: RouteAction::Pool(0),
             }],
             [] => Vec::new(),
@@ -523,11 +529,13 @@ fn parse_route(
         }
     };
     let match_case = f.bool("match_case", errs).unwrap_or(true);
+    let cache = f.bool("cache", errs).unwrap_or(true);
     f.finish(errs);
     Some(RouteConfig {
         path_prefix: prefix?.to_string(),
         action: action?,
         match_case,
+        cache,
     })
 }
 

@@ -98,7 +98,7 @@ fn unknown_keys_are_reported_where_they_are_with_a_hint() {
             ("routes[0].poool", "unknown key (did you mean `pool`?)"),
             (
                 "routes[0].respond_with",
-                "unknown key (known keys: path_prefix, pool, respond, match_case)"
+                "unknown key (known keys: path_prefix, pool, respond, match_case, cache)"
             ),
         ]
     );

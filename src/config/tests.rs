@@ -137,6 +137,7 @@ fn a_single_pool_without_routes_gets_everything() {
         vec![RouteConfig {
             path_prefix: "/".into(),
             match_case: true,
+            cache: true,
             action: RouteAction::Pool(0)
         }]
     );

@@ -80,6 +80,10 @@ pub struct Metrics {
     cert_expiry: GaugeVec,
     pub access_log_dropped: IntCounter,
     limited: IntCounterVec,
+    cache_requests: IntCounterVec,
+    cache_bytes: IntGaugeVec,
+    cache_entries: IntGaugeVec,
+    cache_evictions: IntCounterVec,
     quota_used: IntGaugeVec,
     quota_limit: IntGaugeVec,
     max_tenants: AtomicUsize,
@@ -155,6 +159,10 @@ impl Metrics {
             },
             access_log_dropped: counter(&r, "porteiro_access_log_dropped_total", "Access log lines dropped because the writer fell behind.", &[]).with_label_values(&[] as &[&str]),
             limited: counter(&r, "porteiro_limited_requests_total", "Requests refused by a tenant limit, by limit (rate, per_client_ip, quota, max_body, max_concurrent).", &["tenant", "limit"]),
+            cache_requests: counter(&r, "porteiro_cache_requests_total", "Requests of cached tenants by cache result (hit, miss, stale, revalidated, bypass, coalesced).", &["tenant", "result"]),
+            cache_bytes: gauge(&r, "porteiro_cache_bytes", "Bytes the tenant's cached entries take (bodies, headers and bookkeeping).", t),
+            cache_entries: gauge(&r, "porteiro_cache_entries", "Entries in the tenant's cache.", t),
+            cache_evictions: counter(&r, "porteiro_cache_evictions_total", "Entries evicted to keep the tenant within its cache budget.", t),
             quota_used: gauge(&r, "porteiro_quota_used_requests", "Requests counted against the tenant's quota in the current window.", t),
             quota_limit: gauge(&r, "porteiro_quota_limit_requests", "The tenant's quota per window.", t),
             max_tenants: AtomicUsize::new(DEFAULT_MAX_TENANTS),
@@ -252,6 +260,13 @@ impl Metrics {
             let _ = v.remove_label_values(l);
         }
         let _ = self.in_flight.remove_label_values(l);
+        for result in t.used_cache_results() {
+            let _ = self.cache_requests.remove_label_values(&[&t.label, result]);
+        }
+        for v in [&self.cache_bytes, &self.cache_entries] {
+            let _ = v.remove_label_values(l);
+        }
+        let _ = self.cache_evictions.remove_label_values(l);
         let _ = self.cert_expiry.remove_label_values(l);
     }
 
@@ -318,6 +333,27 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
+    /// Cache sizes per tenant, from the store; evictions counted up to the store's total.
+    fn refresh_cache(&self) {
+        self.cache_bytes.reset();
+        self.cache_entries.reset();
+        // Tenants folded into "_other" add up.
+        for (tenant, part) in crate::cache::store().partitions() {
+            let label = self.label_for(&tenant);
+            let l = &[label.as_str()];
+            self.cache_bytes
+                .with_label_values(l)
+                .add(part.bytes() as i64);
+            self.cache_entries
+                .with_label_values(l)
+                .add(part.entries() as i64);
+            if label != OTHER_TENANTS {
+                let counter = self.cache_evictions.with_label_values(l);
+                counter.inc_by(part.evictions().saturating_sub(counter.get()));
+            }
+        }
+    }
+
     fn refresh_state(&self, snap: &Snapshot) {
         let now = crate::upstream::now_ms();
         self.backend_up.reset();
@@ -366,6 +402,7 @@ impl Metrics {
                     .set(cfg.requests as i64);
             }
         }
+        self.refresh_cache();
         if let Some(cert) = &snap.default_cert {
             self.cert_expiry
                 .with_label_values(&["_default"])

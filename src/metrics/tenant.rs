@@ -11,6 +11,8 @@ pub const METHODS: [&str; 8] = [
 ];
 /// `none`: the client went away before any answer (a hang-up is not a server error).
 pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+/// `porteiro_cache_requests_total` results.
+pub const CACHE_RESULTS: [&str; 6] = ["hit", "miss", "stale", "revalidated", "bypass", "coalesced"];
 
 pub fn method_index(method: &http::Method) -> usize {
     match *method {
@@ -46,6 +48,8 @@ pub struct TenantMetrics {
     pub retries: IntCounter,
     pub connect_errors: IntCounter,
     pub timeouts: IntCounter,
+    cache_vec: IntCounterVec,
+    cache: [OnceLock<IntCounter>; CACHE_RESULTS.len()],
 }
 
 impl std::fmt::Debug for TenantMetrics {
@@ -70,6 +74,8 @@ impl TenantMetrics {
             retries: m.retries.with_label_values(l),
             connect_errors: m.connect_errors.with_label_values(l),
             timeouts: m.timeouts.with_label_values(l),
+            cache_vec: m.cache_requests.clone(),
+            cache: std::array::from_fn(|_| OnceLock::new()),
             label,
         }
     }
@@ -85,6 +91,27 @@ impl TenantMetrics {
                 ])
             })
             .inc();
+    }
+
+    /// One request's cache result (one of `CACHE_RESULTS`).
+    pub fn cache_result(&self, result: &str) {
+        let Some(i) = CACHE_RESULTS.iter().position(|r| *r == result) else {
+            return;
+        };
+        self.cache[i]
+            .get_or_init(|| {
+                self.cache_vec
+                    .with_label_values(&[self.label.as_str(), CACHE_RESULTS[i]])
+            })
+            .inc();
+    }
+
+    /// The cache results this tenant has counted, for removing its series.
+    pub(super) fn used_cache_results(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.cache
+            .iter()
+            .zip(CACHE_RESULTS)
+            .filter_map(|(c, r)| c.get().map(|_| r))
     }
 
     /// The (method, status class) cells this tenant has used, for removing its series.

@@ -44,6 +44,25 @@ pub struct RequestCtx {
     pub normalized_path: Option<String>,
     /// A backend timed out while the client had not sent the whole body: the client's fault.
     pub client_stalled: bool,
+    /// The route lets responses be cached (`cache = false` on a route turns it off).
+    pub route_caches: bool,
+    /// What the cache did with this request, once decided.
+    pub cache: Option<CacheUse>,
+}
+
+/// The cache's part in one request.
+#[derive(Debug, Default)]
+pub struct CacheUse {
+    /// Not looked up: why (method, cookie, no-store).
+    pub bypass: Option<&'static str>,
+    /// The request asked for a revalidated answer and the tenant honours that.
+    pub revalidate: bool,
+    /// The backend's response is being stored.
+    pub stored: bool,
+    /// The backend answered a revalidation with 304.
+    pub got_304: bool,
+    /// The result, for `Cache-Status`, metrics and the access log.
+    pub result: Option<&'static str>,
 }
 
 impl Default for RequestCtx {
@@ -68,6 +87,8 @@ impl Default for RequestCtx {
             refused_by: None,
             normalized_path: None,
             client_stalled: false,
+            route_caches: false,
+            cache: None,
         }
     }
 }

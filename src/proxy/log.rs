@@ -28,5 +28,6 @@ pub(super) fn write_access_log(session: &Session, ctx: &RequestCtx, status: u16)
         client_ip: ctx.client_ip.map(|ip| ip.to_string()),
         tls: ctx.tls,
         h2: session.is_http2(),
+        cache: ctx.cache.as_ref().and_then(|c| c.result),
     });
 }

@@ -1,6 +1,7 @@
 //! The pingora `ProxyHttp` implementation. Each hook is short and hands the real decisions to
 //! `snapshot` (routing), `upstream` (selection, health) and `headers`.
 
+mod cache;
 mod context;
 pub mod headers;
 mod limit;
@@ -12,6 +13,8 @@ mod tls_policy;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -66,6 +69,70 @@ impl ProxyHttp for Porteiro {
         let answer = self.decide(session, ctx, &snap, sni.as_deref());
         ctx.snapshot = Some(snap);
         self.answer(session, ctx, answer).await
+    }
+
+    /// Cache phase: turn the cache on for a cached tenant's cacheable route and request.
+    fn request_cache_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        cache::enable(session, ctx);
+        Ok(())
+    }
+
+    /// Cache key: tenant, host, path and query.
+    fn cache_key_callback(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<CacheKey> {
+        Ok(cache::key(session, ctx))
+    }
+
+    /// Cache lookup: the variant (`Vary`) this request asks for.
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        cache::variance(meta, req)
+    }
+
+    /// Cache hit: a client asking for a revalidated answer gets one, if its tenant says so.
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        _hit: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<ForcedFreshness>> {
+        let revalidate = ctx.cache.as_ref().is_some_and(|c| c.revalidate);
+        Ok((revalidate && is_fresh).then_some(ForcedFreshness::ForceExpired))
+    }
+
+    /// Backend response: whether it is stored, and for how long.
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<RespCacheable> {
+        Ok(cache::cacheable(session, resp, ctx))
+    }
+
+    /// Stale entries: pingora checks the entry's own windows (stale-while-revalidate when
+    /// there is no error, stale-if-error otherwise); any failure to get a fresh answer that
+    /// is not the client's own qualifies, an empty pool included.
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        error.is_none_or(|e| e.esource() != &ErrorSource::Downstream)
     }
 
     /// Peer selection (again on each retry): a usable backend this request has not tried yet.
@@ -259,23 +326,27 @@ impl ProxyHttp for Porteiro {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _resp: &mut ResponseHeader,
+        resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         if let (Some(pool), Some(&i)) = (&ctx.pool, ctx.tried.last()) {
             pool.backends[i].state.record_passive_success();
         }
+        if let (Some(c), 304) = (ctx.cache.as_mut(), resp.status.as_u16()) {
+            c.got_304 = true;
+        }
         ctx.upstream_elapsed = ctx.upstream_started.map(|t| t.elapsed());
         Ok(())
     }
 
-    /// Response phase: echo the request id to the client.
+    /// Response phase (hits included): the request id, HSTS, and what the cache did.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        cache::report(session, resp, ctx);
         if let Some(rid) = &ctx.request_id {
             resp.insert_header(headers::X_REQUEST_ID, rid.clone())?;
         }
@@ -305,6 +376,7 @@ impl ProxyHttp for Porteiro {
             m.response_bytes.inc_by(session.body_bytes_sent() as u64);
         }
         ctx.in_flight = None;
+        cache::invalidate(session, ctx, status);
         if access_log::enabled() && ctx.sampled() {
             log::write_access_log(session, ctx, status);
         }

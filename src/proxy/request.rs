@@ -84,9 +84,10 @@ impl Porteiro {
         let answer = match tenant.routes.lookup(path) {
             None => Answer::Error(404, "no route for this path"),
             Some(Route::Respond(resp)) => Answer::Respond(resp.clone()),
-            Some(Route::Pool(pool)) => {
+            Some(Route::Pool { pool, cache }) => {
                 ctx.hash_key = super::hash_key(pool.hash_key.as_ref(), req, ctx);
                 ctx.pool = Some(pool.clone());
+                ctx.route_caches = *cache;
                 Answer::Forward
             }
         };
@@ -94,7 +95,10 @@ impl Porteiro {
         if headers::canonical_content_length(session.req_header_mut()).is_err() {
             return Answer::Error(400, "conflicting or malformed Content-Length");
         }
-        if let Some(limiter) = snap.limiters[t as usize].clone() {
+        // A cache refresh in the background (stale-while-revalidate) is porteiro's own request,
+        // not the client's: it does not count against the tenant's limits.
+        let background = session.subrequest_ctx.is_some();
+        if let Some(limiter) = snap.limiters[t as usize].clone().filter(|_| !background) {
             if let Err(refusal) = self.admit(session, ctx, snap, limiter) {
                 return Answer::Refuse(refusal);
             }

@@ -175,6 +175,7 @@ impl Reloader {
         let next = Snapshot::build(&config, generation, Some(&current));
         drop(current);
         let previous = self.snapshot.swap(Arc::new(next));
+        crate::cache::configure(&config);
         let took = started.elapsed();
         background::retire(previous);
         let m = crate::metrics::get();

@@ -1,0 +1,383 @@
+//! porteiro's cache storage: in memory, one partition per tenant with its own byte budget and
+//! SIEVE eviction, so a tenant filling its budget only ever evicts its own entries. It
+//! implements pingora's `Storage`; pingora is given no eviction manager, since the partition
+//! evicts as it admits (memory never goes over a budget while victims wait to be purged).
+//!
+//! An entry becomes visible only when its whole body has arrived (`finish`): a client that
+//! leaves mid-miss, or a backend that sends less than it announced, leaves nothing behind.
+
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
+use pingora::cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType, Storage,
+};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheKey, CacheMeta};
+use pingora::{Error, ErrorType, Result};
+
+use super::evict::Sieve;
+use super::policy;
+
+/// Bookkeeping per entry beyond its body and headers (maps, queue node, key copies).
+pub const ENTRY_OVERHEAD: u64 = 256;
+
+struct Entry {
+    /// `CacheMeta` serialized (it is not `Clone`): internal part and headers.
+    meta: Arc<(Vec<u8>, Vec<u8>)>,
+    body: Bytes,
+    primary: HashBinary,
+    tags: Box<[Box<str>]>,
+    weight: u64,
+}
+
+#[derive(Default)]
+struct Shelf {
+    entries: HashMap<HashBinary, Entry>,
+    sieve: Sieve<HashBinary>,
+    /// Every entry (all variants) stored under a URL's primary key.
+    by_primary: HashMap<HashBinary, HashSet<HashBinary>>,
+    by_tag: HashMap<Box<str>, HashSet<HashBinary>>,
+}
+
+impl Shelf {
+    fn remove(&mut self, key: &HashBinary) -> Option<Entry> {
+        let e = self.entries.remove(key)?;
+        self.sieve.remove(key);
+        if let Some(set) = self.by_primary.get_mut(&e.primary) {
+            set.remove(key);
+            if set.is_empty() {
+                self.by_primary.remove(&e.primary);
+            }
+        }
+        for tag in e.tags.iter() {
+            if let Some(set) = self.by_tag.get_mut(tag) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.by_tag.remove(tag);
+                }
+            }
+        }
+        Some(e)
+    }
+
+    fn insert(&mut self, key: HashBinary, entry: Entry) {
+        self.remove(&key);
+        self.sieve.insert(key, entry.weight);
+        self.by_primary
+            .entry(entry.primary)
+            .or_default()
+            .insert(key);
+        for tag in entry.tags.iter() {
+            self.by_tag.entry(tag.clone()).or_default().insert(key);
+        }
+        self.entries.insert(key, entry);
+    }
+}
+
+/// One tenant's entries and budget.
+#[derive(Default)]
+pub struct Partition {
+    shelf: Mutex<Shelf>,
+    budget: AtomicU64,
+    evictions: AtomicU64,
+}
+
+impl Partition {
+    fn lock(&self) -> MutexGuard<'_, Shelf> {
+        // Maps and a queue updated together under the lock; a panic cannot leave them torn
+        // in a way that matters more than losing cached copies.
+        self.shelf.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Evicts until the entries fit the budget.
+    fn fit(&self, shelf: &mut Shelf) {
+        let budget = self.budget.load(Ordering::Relaxed);
+        while shelf.sieve.weight() > budget {
+            let Some((victim, _)) = shelf.sieve.evict() else {
+                break;
+            };
+            shelf.remove(&victim);
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.lock().sieve.weight()
+    }
+
+    pub fn entries(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.budget.load(Ordering::Relaxed)
+    }
+
+    /// Drops every entry; returns how many there were.
+    pub fn clear(&self) -> usize {
+        let mut shelf = self.lock();
+        let n = shelf.entries.len();
+        *shelf = Shelf::default();
+        n
+    }
+
+    /// Drops every variant stored under a URL's primary key.
+    pub fn purge_primary(&self, primary: &HashBinary) -> usize {
+        let mut shelf = self.lock();
+        let keys: Vec<HashBinary> = shelf
+            .by_primary
+            .get(primary)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        keys.iter().filter(|k| shelf.remove(k).is_some()).count()
+    }
+
+    pub fn purge_tag(&self, tag: &str) -> usize {
+        let mut shelf = self.lock();
+        let keys: Vec<HashBinary> = shelf
+            .by_tag
+            .get(tag)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        keys.iter().filter(|k| shelf.remove(k).is_some()).count()
+    }
+}
+
+/// The storage every tenant's requests use; partitions are set by `configure` on each
+/// configuration generation.
+#[derive(Default)]
+pub struct CacheStore {
+    partitions: RwLock<HashMap<Box<str>, Arc<Partition>>>,
+}
+
+impl CacheStore {
+    /// Makes the partitions match the configuration: `(tenant, budget)` for each cached
+    /// tenant. New tenants get an empty partition, kept ones keep their entries (shrunk to a
+    /// smaller budget at once), and removed ones are dropped with everything they held.
+    pub fn configure(&self, budgets: &[(&str, u64)]) {
+        let mut parts = self.partitions.write().unwrap_or_else(|p| p.into_inner());
+        parts.retain(|id, _| budgets.iter().any(|(t, _)| *t == id.as_ref()));
+        for (tenant, budget) in budgets {
+            let part = parts.entry((*tenant).into()).or_default();
+            part.budget.store(*budget, Ordering::Relaxed);
+            part.fit(&mut part.lock());
+        }
+    }
+
+    pub fn partition(&self, tenant: &str) -> Option<Arc<Partition>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .cloned()
+    }
+
+    /// Every partition, for metrics.
+    pub fn partitions(&self) -> Vec<(Box<str>, Arc<Partition>)> {
+        let parts = self.partitions.read().unwrap_or_else(|p| p.into_inner());
+        parts.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    fn partition_of(&self, key: &CompactCacheKey) -> Option<Arc<Partition>> {
+        self.partition(&key.user_tag)
+    }
+}
+
+struct Hit {
+    body: Bytes,
+    start: usize,
+    end: usize,
+    done: bool,
+}
+
+#[async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.start..self.end)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let end = end.unwrap_or(self.body.len());
+        if start > end || end > self.body.len() {
+            return Error::e_explain(ErrorType::InternalError, "range outside the stored body");
+        }
+        (self.start, self.end, self.done) = (start, end, false);
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        0
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+struct Miss {
+    partition: Arc<Partition>,
+    key: HashBinary,
+    primary: HashBinary,
+    meta: Arc<(Vec<u8>, Vec<u8>)>,
+    tags: Box<[Box<str>]>,
+    body: BytesMut,
+}
+
+#[async_trait]
+impl HandleMiss for Miss {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        let weight = self.body.len() as u64
+            + (self.meta.0.len() + self.meta.1.len()) as u64
+            + self.tags.iter().map(|t| t.len() as u64).sum::<u64>()
+            + ENTRY_OVERHEAD;
+        let part = self.partition;
+        // An object larger than the whole budget would only evict everything, then itself.
+        if weight <= part.budget() {
+            let entry = Entry {
+                meta: self.meta,
+                body: self.body.freeze(),
+                primary: self.primary,
+                tags: self.tags,
+                weight,
+            };
+            let mut shelf = part.lock();
+            shelf.insert(self.key, entry);
+            part.fit(&mut shelf);
+        }
+        Ok(MissFinishType::Created(weight as usize))
+    }
+}
+
+#[async_trait]
+impl Storage for CacheStore {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(part) = self.partition(key.user_tag()) else {
+            return Ok(None);
+        };
+        let combined = key.combined_bin();
+        let (meta, body) = {
+            let mut shelf = part.lock();
+            let Some(e) = shelf.entries.get(&combined) else {
+                return Ok(None);
+            };
+            let found = (e.meta.clone(), e.body.clone());
+            shelf.sieve.touch(&combined);
+            found
+        };
+        let meta = CacheMeta::deserialize(&meta.0, &meta.1)?;
+        let end = body.len();
+        let hit = Hit {
+            body,
+            start: 0,
+            end,
+            done: false,
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let Some(partition) = self.partition(key.user_tag()) else {
+            return Error::e_explain(ErrorType::InternalError, "tenant has no cache partition");
+        };
+        Ok(Box::new(Miss {
+            partition,
+            key: key.combined_bin(),
+            primary: key.primary_bin(),
+            meta: Arc::new(meta.serialize()?),
+            tags: policy::tags(meta.headers()).into_boxed_slice(),
+            body: BytesMut::new(),
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let key = target.key();
+        let Some(part) = self.partition_of(key) else {
+            return Ok(PurgeOutcome::NotFound);
+        };
+        let removed = part.lock().remove(&key.combined_bin()).is_some();
+        Ok(match removed {
+            true => PurgeOutcome::Purged(None),
+            false => PurgeOutcome::NotFound,
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let Some(part) = self.partition(key.user_tag()) else {
+            return Ok(false);
+        };
+        let serialized = Arc::new(meta.serialize()?);
+        let mut shelf = part.lock();
+        // The entry may have been evicted or purged while it was being revalidated.
+        match shelf.entries.get_mut(&key.combined_bin()) {
+            Some(e) => {
+                e.meta = serialized;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;
