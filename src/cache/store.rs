@@ -27,12 +27,16 @@ use super::policy;
 
 /// Bookkeeping per entry beyond its body and headers (maps, queue node, key copies).
 pub const ENTRY_OVERHEAD: u64 = 256;
+/// The most a fill reserves up front from the response's Content-Length.
+const MAX_PREALLOCATION: usize = 64 << 20;
 
 struct Entry {
-    /// `CacheMeta` serialized (it is not `Clone`): internal part and headers.
-    meta: Arc<(Vec<u8>, Vec<u8>)>,
+    /// `CacheMeta` serialized (it is not `Clone`): internal part, then headers.
+    meta: Bytes,
+    internal_len: u32,
     body: Bytes,
-    primary: HashBinary,
+    /// Set for a `Vary` variant: the URL's primary key (a plain entry's key is its primary).
+    primary: Option<HashBinary>,
     tags: Box<[Box<str>]>,
     weight: u64,
 }
@@ -41,8 +45,9 @@ struct Entry {
 struct Shelf {
     entries: HashMap<HashBinary, Entry>,
     sieve: Sieve<HashBinary>,
-    /// Every entry (all variants) stored under a URL's primary key.
-    by_primary: HashMap<HashBinary, HashSet<HashBinary>>,
+    /// The `Vary` variants stored under a URL's primary key (most URLs have none, and are
+    /// found by their primary key alone).
+    variants: HashMap<HashBinary, Vec<HashBinary>>,
     by_tag: HashMap<Box<str>, HashSet<HashBinary>>,
 }
 
@@ -50,10 +55,12 @@ impl Shelf {
     fn remove(&mut self, key: &HashBinary) -> Option<Entry> {
         let e = self.entries.remove(key)?;
         self.sieve.remove(key);
-        if let Some(set) = self.by_primary.get_mut(&e.primary) {
-            set.remove(key);
-            if set.is_empty() {
-                self.by_primary.remove(&e.primary);
+        if let Some(primary) = e.primary {
+            if let Some(list) = self.variants.get_mut(&primary) {
+                list.retain(|k| k != key);
+                if list.is_empty() {
+                    self.variants.remove(&primary);
+                }
             }
         }
         for tag in e.tags.iter() {
@@ -70,10 +77,9 @@ impl Shelf {
     fn insert(&mut self, key: HashBinary, entry: Entry) {
         self.remove(&key);
         self.sieve.insert(key, entry.weight);
-        self.by_primary
-            .entry(entry.primary)
-            .or_default()
-            .insert(key);
+        if let Some(primary) = entry.primary {
+            self.variants.entry(primary).or_default().push(key);
+        }
         for tag in entry.tags.iter() {
             self.by_tag.entry(tag.clone()).or_default().insert(key);
         }
@@ -135,11 +141,8 @@ impl Partition {
     /// Drops every variant stored under a URL's primary key.
     pub fn purge_primary(&self, primary: &HashBinary) -> usize {
         let mut shelf = self.lock();
-        let keys: Vec<HashBinary> = shelf
-            .by_primary
-            .get(primary)
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default();
+        let mut keys = shelf.variants.get(primary).cloned().unwrap_or_default();
+        keys.push(*primary);
         keys.iter().filter(|k| shelf.remove(k).is_some()).count()
     }
 
@@ -249,8 +252,9 @@ impl HandleHit for Hit {
 struct Miss {
     partition: Arc<Partition>,
     key: HashBinary,
-    primary: HashBinary,
-    meta: Arc<(Vec<u8>, Vec<u8>)>,
+    primary: Option<HashBinary>,
+    meta: Bytes,
+    internal_len: u32,
     tags: Box<[Box<str>]>,
     body: BytesMut,
 }
@@ -264,7 +268,7 @@ impl HandleMiss for Miss {
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let weight = self.body.len() as u64
-            + (self.meta.0.len() + self.meta.1.len()) as u64
+            + self.meta.len() as u64
             + self.tags.iter().map(|t| t.len() as u64).sum::<u64>()
             + ENTRY_OVERHEAD;
         let part = self.partition;
@@ -272,7 +276,8 @@ impl HandleMiss for Miss {
         if weight <= part.budget() {
             let entry = Entry {
                 meta: self.meta,
-                body: self.body.freeze(),
+                internal_len: self.internal_len,
+                body: fit(self.body),
                 primary: self.primary,
                 tags: self.tags,
                 weight,
@@ -296,16 +301,16 @@ impl Storage for CacheStore {
             return Ok(None);
         };
         let combined = key.combined_bin();
-        let (meta, body) = {
+        let (meta, split, body) = {
             let mut shelf = part.lock();
             let Some(e) = shelf.entries.get(&combined) else {
                 return Ok(None);
             };
-            let found = (e.meta.clone(), e.body.clone());
+            let found = (e.meta.clone(), e.internal_len as usize, e.body.clone());
             shelf.sieve.touch(&combined);
             found
         };
-        let meta = CacheMeta::deserialize(&meta.0, &meta.1)?;
+        let meta = CacheMeta::deserialize(&meta[..split], &meta[split..])?;
         let end = body.len();
         let hit = Hit {
             body,
@@ -325,13 +330,23 @@ impl Storage for CacheStore {
         let Some(partition) = self.partition(key.user_tag()) else {
             return Error::e_explain(ErrorType::InternalError, "tenant has no cache partition");
         };
+        let (combined, primary) = (key.combined_bin(), key.primary_bin());
+        let tags = policy::tags(meta.headers()).into_boxed_slice();
+        // Sized once from Content-Length (pingora has checked it against max_object_size).
+        let expected = meta
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .unwrap_or(0);
+        let (meta, internal_len) = join_meta(meta)?;
         Ok(Box::new(Miss {
             partition,
-            key: key.combined_bin(),
-            primary: key.primary_bin(),
-            meta: Arc::new(meta.serialize()?),
-            tags: policy::tags(meta.headers()).into_boxed_slice(),
-            body: BytesMut::new(),
+            key: combined,
+            primary: (combined != primary).then_some(primary),
+            meta,
+            internal_len,
+            tags,
+            body: BytesMut::with_capacity(expected.min(MAX_PREALLOCATION)),
         }))
     }
 
@@ -361,12 +376,12 @@ impl Storage for CacheStore {
         let Some(part) = self.partition(key.user_tag()) else {
             return Ok(false);
         };
-        let serialized = Arc::new(meta.serialize()?);
+        let (serialized, internal_len) = join_meta(meta)?;
         let mut shelf = part.lock();
         // The entry may have been evicted or purged while it was being revalidated.
         match shelf.entries.get_mut(&key.combined_bin()) {
             Some(e) => {
-                e.meta = serialized;
+                (e.meta, e.internal_len) = (serialized, internal_len);
                 Ok(true)
             }
             None => Ok(false),
@@ -376,6 +391,24 @@ impl Storage for CacheStore {
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
     }
+}
+
+/// A body as stored: without the spare capacity a buffer grown chunk by chunk can hold.
+fn fit(body: BytesMut) -> Bytes {
+    if body.capacity() - body.len() > body.len() / 16 {
+        Bytes::copy_from_slice(&body)
+    } else {
+        body.freeze()
+    }
+}
+
+/// A `CacheMeta` serialized into one buffer: its internal part, then its headers.
+fn join_meta(meta: &CacheMeta) -> Result<(Bytes, u32)> {
+    let (internal, header) = meta.serialize()?;
+    let mut joined = Vec::with_capacity(internal.len() + header.len());
+    joined.extend_from_slice(&internal);
+    joined.extend_from_slice(&header);
+    Ok((Bytes::from(joined), internal.len() as u32))
 }
 
 #[cfg(test)]
