@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::ListenerConfig;
 use pingora::prelude::Opt;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -106,13 +108,28 @@ fn build_server(
         "porteiro".to_string(),
         Frontend::new(app, snapshot.clone(), &listeners, s.h2c),
     );
+    // pingora gives each connection a 64 KiB read buffer by default. Plain HTTP needs none:
+    // `conn` reads request heads itself and pingora's HTTP/1 code has its own buffers. Under
+    // TLS a buffer of one record (16 KiB) keeps reads whole.
     for addr in &s.listen {
-        proxy.add_tcp(&addr.to_string());
+        let unbuffered_reads = L4BufferSettings {
+            read: Some(0),
+            ..L4BufferSettings::default()
+        };
+        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(unbuffered_reads));
     }
     for addr in &s.listen_tls {
         let settings = crate::tls::listener_settings(snapshot.clone())
             .map_err(|e| StartError::Tls(e.to_string()))?;
-        proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+        let record_reads = L4BufferSettings {
+            read: Some(16 * 1024),
+            ..L4BufferSettings::default()
+        };
+        proxy.add_listener(
+            ListenerConfig::tcp(addr.to_string())
+                .tls(settings)
+                .l4_buffer(record_reads),
+        );
     }
     warn_about_certificates(config);
     server.add_service(proxy);

@@ -27,8 +27,11 @@ use caps::{ConnCounter, Over};
 use head::{HeadLimits, TooLarge};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// The first read of a head; it grows as needed, up to `max_header_bytes`.
-const HEAD_BUF: usize = 4096;
+/// The first read of a head (most fit); it grows as needed, up to `max_header_bytes`.
+/// Small, because an idle keep-alive connection holds it while it waits.
+const HEAD_BUF: usize = 1024;
+/// How much the head buffer grows by.
+const HEAD_GROWTH: usize = 4096;
 
 /// Wraps pingora's HTTP application (`A`) with porteiro's connection rules.
 pub struct Frontend<A> {
@@ -231,8 +234,8 @@ async fn read_head(
                 ))
             }
         }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(HEAD_BUF);
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(HEAD_GROWTH);
         }
         match timeout_at(deadline, stream.read_buf(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {}
