@@ -10,6 +10,7 @@ use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -20,20 +21,19 @@ use pingora::cache::storage::{
 };
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta};
+use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 
 use super::evict::Sieve;
 use super::policy;
 
 /// Bookkeeping per entry beyond its body and headers (maps, queue node, key copies).
-pub const ENTRY_OVERHEAD: u64 = 256;
+pub const ENTRY_OVERHEAD: u64 = 448;
 /// The most a fill reserves up front from the response's Content-Length.
 const MAX_PREALLOCATION: usize = 64 << 20;
 
 struct Entry {
-    /// `CacheMeta` serialized (it is not `Clone`): internal part, then headers.
-    meta: Bytes,
-    internal_len: u32,
+    meta: StoredMeta,
     body: Bytes,
     /// Set for a `Vary` variant: the URL's primary key (a plain entry's key is its primary).
     primary: Option<HashBinary>,
@@ -253,8 +253,7 @@ struct Miss {
     partition: Arc<Partition>,
     key: HashBinary,
     primary: Option<HashBinary>,
-    meta: Bytes,
-    internal_len: u32,
+    meta: StoredMeta,
     tags: Box<[Box<str>]>,
     body: BytesMut,
 }
@@ -268,7 +267,7 @@ impl HandleMiss for Miss {
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let weight = self.body.len() as u64
-            + self.meta.len() as u64
+            + self.meta.weight()
             + self.tags.iter().map(|t| t.len() as u64).sum::<u64>()
             + ENTRY_OVERHEAD;
         let part = self.partition;
@@ -276,7 +275,6 @@ impl HandleMiss for Miss {
         if weight <= part.budget() {
             let entry = Entry {
                 meta: self.meta,
-                internal_len: self.internal_len,
                 body: fit(self.body),
                 primary: self.primary,
                 tags: self.tags,
@@ -301,16 +299,16 @@ impl Storage for CacheStore {
             return Ok(None);
         };
         let combined = key.combined_bin();
-        let (meta, split, body) = {
+        let (meta, body) = {
             let mut shelf = part.lock();
             let Some(e) = shelf.entries.get(&combined) else {
                 return Ok(None);
             };
-            let found = (e.meta.clone(), e.internal_len as usize, e.body.clone());
+            let found = (e.meta.clone(), e.body.clone());
             shelf.sieve.touch(&combined);
             found
         };
-        let meta = CacheMeta::deserialize(&meta[..split], &meta[split..])?;
+        let meta = meta.to_meta()?;
         let end = body.len();
         let hit = Hit {
             body,
@@ -338,13 +336,11 @@ impl Storage for CacheStore {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
             .unwrap_or(0);
-        let (meta, internal_len) = join_meta(meta)?;
         Ok(Box::new(Miss {
             partition,
             key: combined,
             primary: (combined != primary).then_some(primary),
-            meta,
-            internal_len,
+            meta: StoredMeta::from(meta),
             tags,
             body: BytesMut::with_capacity(expected.min(MAX_PREALLOCATION)),
         }))
@@ -376,12 +372,12 @@ impl Storage for CacheStore {
         let Some(part) = self.partition(key.user_tag()) else {
             return Ok(false);
         };
-        let (serialized, internal_len) = join_meta(meta)?;
+        let stored = StoredMeta::from(meta);
         let mut shelf = part.lock();
         // The entry may have been evicted or purged while it was being revalidated.
         match shelf.entries.get_mut(&key.combined_bin()) {
             Some(e) => {
-                (e.meta, e.internal_len) = (serialized, internal_len);
+                e.meta = stored;
                 Ok(true)
             }
             None => Ok(false),
@@ -402,13 +398,79 @@ fn fit(body: BytesMut) -> Bytes {
     }
 }
 
-/// A `CacheMeta` serialized into one buffer: its internal part, then its headers.
-fn join_meta(meta: &CacheMeta) -> Result<(Bytes, u32)> {
-    let (internal, header) = meta.serialize()?;
-    let mut joined = Vec::with_capacity(internal.len() + header.len());
-    joined.extend_from_slice(&internal);
-    joined.extend_from_slice(&header);
-    Ok((Bytes::from(joined), internal.len() as u32))
+/// What a hit needs to rebuild its `CacheMeta`, kept as values and the headers as plain
+/// text: a hit then reads a few lines instead of decompressing a header block (pingora's own
+/// format compresses with zstd), and an entry does not hold a whole header map either. A
+/// rebuilt meta's `provenance` is its `created`: after a background refresh of a `Vary`
+/// entry, variants stored before it count as misses, never as the wrong variant.
+#[derive(Clone)]
+struct StoredMeta {
+    fresh_until: SystemTime,
+    created: SystemTime,
+    epoch: SystemTime,
+    stale_while_revalidate: u32,
+    stale_if_error: u32,
+    variance: Option<HashBinary>,
+    status: u16,
+    /// `name:value\n` per header line, names lowercase.
+    headers: Bytes,
+}
+
+impl StoredMeta {
+    fn from(meta: &CacheMeta) -> Self {
+        let header = meta.response_header();
+        let mut text = Vec::with_capacity(256);
+        for (name, value) in header.headers.iter() {
+            text.extend_from_slice(name.as_str().as_bytes());
+            text.push(b':');
+            text.extend_from_slice(value.as_bytes());
+            text.push(b'\n');
+        }
+        Self {
+            fresh_until: meta.fresh_until(),
+            created: meta.created(),
+            epoch: meta.epoch(),
+            stale_while_revalidate: meta.stale_while_revalidate_sec(),
+            stale_if_error: meta.stale_if_error_sec(),
+            variance: meta.variance(),
+            status: header.status.as_u16(),
+            headers: Bytes::from(text),
+        }
+    }
+
+    fn weight(&self) -> u64 {
+        (std::mem::size_of::<Self>() + self.headers.len()) as u64
+    }
+
+    fn to_meta(&self) -> Result<CacheMeta> {
+        let lines = self
+            .headers
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty());
+        let mut header = ResponseHeader::build_no_case(self.status, Some(lines.clone().count()))?;
+        for line in lines {
+            // Written above from valid names (no ':') and values (no newline).
+            let colon = memchr::memchr(b':', line).unwrap_or(line.len());
+            let value_at = self.headers.slice_ref(&line[(colon + 1).min(line.len())..]);
+            let value = http::HeaderValue::from_maybe_shared(value_at)
+                .map_err(|e| Error::because(ErrorType::InternalError, "stored header", e))?;
+            let name = http::HeaderName::from_bytes(&line[..colon])
+                .map_err(|e| Error::because(ErrorType::InternalError, "stored header", e))?;
+            header.append_header(name, value)?;
+        }
+        let mut meta = CacheMeta::new(
+            self.fresh_until,
+            self.created,
+            self.stale_while_revalidate,
+            self.stale_if_error,
+            header,
+        );
+        meta.set_epoch_override(self.epoch);
+        if let Some(v) = self.variance {
+            meta.set_variance(v);
+        }
+        Ok(meta)
+    }
 }
 
 #[cfg(test)]

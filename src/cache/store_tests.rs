@@ -154,3 +154,31 @@ async fn ranges_seek_within_the_body() {
     assert_eq!(hit.read_body().await.unwrap().as_deref(), Some(&b"89"[..]));
     assert!(hit.seek(5, Some(11)).is_err());
 }
+
+#[test]
+fn stored_meta_rebuilds_what_pingora_reads() {
+    let now = SystemTime::now();
+    let mut h = ResponseHeader::build(404, None).unwrap();
+    h.insert_header("Content-Type", "text/html; charset=utf-8")
+        .unwrap();
+    h.append_header("x-multi", "a:b").unwrap();
+    h.append_header("x-multi", "c").unwrap();
+    let mut meta = CacheMeta::new(now + Duration::from_secs(60), now, 5, 7, h);
+    meta.set_epoch_override(now - Duration::from_secs(30));
+    meta.set_variance(*b"0123456789abcdef");
+    let back = StoredMeta::from(&meta).to_meta().unwrap();
+    assert_eq!(back.response_header().status.as_u16(), 404);
+    let multi: Vec<_> = back.headers().get_all("x-multi").iter().collect();
+    assert_eq!(multi, ["a:b", "c"]);
+    assert_eq!(back.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(back.fresh_until(), meta.fresh_until());
+    assert_eq!(
+        (back.stale_while_revalidate_sec(), back.stale_if_error_sec()),
+        (5, 7)
+    );
+    assert!(
+        back.age() >= Duration::from_secs(30),
+        "the age it arrived with counts"
+    );
+    assert_eq!(back.variance(), meta.variance());
+}
