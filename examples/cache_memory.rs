@@ -46,7 +46,7 @@ async fn fill(store: &'static CacheStore, tenant: &str, n: usize, size: usize) {
     let chunk = Bytes::from(vec![b'x'; size.min(16 << 10)]);
     for i in 0..n {
         let key = CacheKey::new(
-            policy::primary_key(tenant, "shop.example.com", &format!("/api/items/{i}")),
+            policy::primary_key(tenant, true, "shop.example.com", &format!("/api/items/{i}")),
             tenant,
         );
         let mut miss = store

@@ -95,16 +95,13 @@ fn decode(v: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(byte)) => {
+        match porteiro::routing::paths::escaped_byte(b, i) {
+            Some(byte) => {
                 out.push(byte);
                 i += 3;
             }
-            (c, _) => {
-                out.push(c);
+            None => {
+                out.push(b[i]);
                 i += 1;
             }
         }

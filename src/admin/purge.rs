@@ -7,6 +7,7 @@ use pingora::cache::CacheKey;
 use serde_json::{json, Value};
 
 use crate::cache::policy::primary_key;
+use crate::routing::paths::escaped_byte;
 use crate::routing::{normalize_host, normalize_path};
 use crate::snapshot::Snapshot;
 
@@ -48,8 +49,14 @@ pub fn purge(snap: &Snapshot, tenant: &str, query: Option<&str>) -> (StatusCode,
                 Err(_) => return bad("the url's path is ambiguous"),
             };
             let path = q.map_or(p.clone(), |q| format!("{p}?{q}"));
-            let primary = primary_key(tenant, &host, &path);
-            part.purge_primary(&CacheKey::new(primary, tenant).primary_bin())
+            // The scheme of the url does not matter: both are purged.
+            [false, true]
+                .iter()
+                .map(|https| {
+                    let primary = primary_key(tenant, *https, &host, &path);
+                    part.purge_primary(&CacheKey::new(primary, tenant).primary_bin())
+                })
+                .sum()
         }
         (None, Some(tag)) => part.purge_tag(tag),
         (Some(_), Some(_)) => return bad("give url or tag, not both"),
@@ -88,20 +95,13 @@ fn decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+        match (b[i], escaped_byte(b, i)) {
             (b'%', Some(byte)) => {
                 out.push(byte);
                 i += 3;
             }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
             (c, _) => {
-                out.push(c);
+                out.push(if c == b'+' { b' ' } else { c });
                 i += 1;
             }
         }

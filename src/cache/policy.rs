@@ -12,8 +12,20 @@ use crate::config::model::TenantCache;
 /// Response headers that tag an entry for purging; never sent to clients.
 pub const TAG_HEADERS: [&str; 2] = ["cache-tag", "surrogate-key"];
 
+/// Request headers porteiro replaces before forwarding.
+const VOUCHED_VARY: [&str; 6] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-tenant-id",
+    "x-request-id",
+];
+
 /// Statuses a cache may store without explicit freshness (RFC 9110 15.1).
 const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+/// The largest delta-seconds value (RFC 9111 1.2.2).
+const MAX_DELTA_SECONDS: u64 = 1 << 31;
 /// A heuristic lifetime (10% of the time since Last-Modified) never exceeds this.
 const HEURISTIC_CAP: Duration = Duration::from_secs(24 * 3600);
 
@@ -99,6 +111,14 @@ pub fn storable(resp: &ResponseHeader, cx: Context, now: SystemTime, p: &TenantC
     if header_has_token(h, "vary", "*") {
         return Storable::No("vary-star");
     }
+    // The backend saw porteiro's values of these, and a variant would be chosen by the
+    // client's: never store what varies on them.
+    if VOUCHED_VARY
+        .iter()
+        .any(|name| header_has_token(h, "vary", name))
+    {
+        return Storable::No("vary-on-forwarded");
+    }
     let secs = |f: fn(&CacheControl) -> pingora::Result<Option<u32>>| {
         cc.as_ref()
             .and_then(|c| f(c).ok().flatten())
@@ -116,7 +136,10 @@ pub fn storable(resp: &ResponseHeader, cx: Context, now: SystemTime, p: &TenantC
         .get(http::header::AGE)
         .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
         .filter(|_| !cx.revalidated)
-        .map_or(Duration::ZERO, Duration::from_secs);
+        // RFC 9111 1.2.2: larger values mean 2^31 seconds.
+        .map_or(Duration::ZERO, |s| {
+            Duration::from_secs(s.min(MAX_DELTA_SECONDS))
+        });
     let age = age_header.max(now.duration_since(date).unwrap_or_default());
     let lifetime = if let Some(s) = s_maxage.or_else(|| secs(CacheControl::max_age)) {
         s
@@ -143,8 +166,12 @@ pub fn storable(resp: &ResponseHeader, cx: Context, now: SystemTime, p: &TenantC
     } else {
         lifetime
     };
-    // must-revalidate, proxy-revalidate and s-maxage forbid serving the entry stale.
-    let strict = must_revalidate || has(CacheControl::proxy_revalidate) || s_maxage.is_some();
+    // must-revalidate, proxy-revalidate and s-maxage forbid serving the entry stale, and
+    // no-cache forbids using it at all without revalidation.
+    let strict = must_revalidate
+        || has(CacheControl::proxy_revalidate)
+        || s_maxage.is_some()
+        || has(CacheControl::no_cache);
     let window = |f, default| match strict {
         true => Duration::ZERO,
         false => secs(f).unwrap_or(default),
@@ -171,10 +198,12 @@ pub fn storable(resp: &ResponseHeader, cx: Context, now: SystemTime, p: &TenantC
 }
 
 /// The key of a URL within a tenant: tenant and host length-prefixed, so no two tenants (and
-/// no two hosts of one tenant) can ever share an entry, whatever their paths.
-pub fn primary_key(tenant: &str, host: &str, path_and_query: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(tenant.len() + host.len() + path_and_query.len() + 16);
-    for part in [tenant, host] {
+/// no two hosts of one tenant) can ever share an entry, whatever their paths; http and https
+/// apart, since a backend may answer each differently (redirects, absolute links).
+pub fn primary_key(tenant: &str, https: bool, host: &str, path_and_query: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + host.len() + path_and_query.len() + 24);
+    let scheme = if https { "https" } else { "http" };
+    for part in [tenant, scheme, host] {
         k.extend_from_slice(part.len().to_string().as_bytes());
         k.push(b':');
         k.extend_from_slice(part.as_bytes());
@@ -183,15 +212,27 @@ pub fn primary_key(tenant: &str, host: &str, path_and_query: &str) -> Vec<u8> {
     k
 }
 
-/// The tags of a response (`Cache-Tag: a, b` and `Surrogate-Key: a b`), for purge by tag.
+/// Tags kept per entry, and their length: a backend cannot make one entry's index outgrow it.
+pub const MAX_TAGS: usize = 32;
+pub const MAX_TAG_LEN: usize = 128;
+
+/// The tags of a response (`Cache-Tag: a, b` and `Surrogate-Key: a b`), for purge by tag; at
+/// most `MAX_TAGS` of at most `MAX_TAG_LEN` bytes (longer ones are left out).
 pub fn tags(h: &HeaderMap) -> Vec<Box<str>> {
     let mut out: Vec<Box<str>> = Vec::new();
     for (name, separator) in [(TAG_HEADERS[0], ','), (TAG_HEADERS[1], ' ')] {
         for v in h.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
-            for tag in v.split(separator).map(str::trim).filter(|t| !t.is_empty()) {
-                if !out.iter().any(|t| t.as_ref() == tag) {
-                    out.push(tag.into());
+            for tag in v.split(separator).map(str::trim) {
+                if tag.is_empty()
+                    || tag.len() > MAX_TAG_LEN
+                    || out.iter().any(|t| t.as_ref() == tag)
+                {
+                    continue;
                 }
+                if out.len() == MAX_TAGS {
+                    return out;
+                }
+                out.push(tag.into());
             }
         }
     }

@@ -76,6 +76,29 @@ fn explicit_freshness_in_rfc_order() {
 }
 
 #[test]
+fn an_absurd_age_is_capped_not_a_panic() {
+    let r = resp(
+        200,
+        &[
+            ("cache-control", "max-age=60"),
+            ("etag", "\"x\""),
+            ("age", "18446744073709551615"),
+        ],
+    );
+    match check(&r) {
+        Storable::Yes(f) => assert_eq!(f.age, Duration::from_secs(1 << 31)),
+        other => panic!("{other:?}"),
+    }
+    let many = (0..100)
+        .map(|i| format!("t{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let long = "x".repeat(200);
+    let r = resp(200, &[("cache-tag", &many), ("surrogate-key", &long)]);
+    assert_eq!(tags(&r.headers).len(), MAX_TAGS);
+}
+
+#[test]
 fn age_and_date_shorten_freshness() {
     let aged = resp(200, &[("cache-control", "max-age=60"), ("age", "45")]);
     match check(&aged) {
@@ -245,6 +268,23 @@ fn no_cache_is_stored_stale_and_stale_windows_follow_the_rules() {
     );
     assert_eq!(windows("max-age=60, must-revalidate"), (0, 0));
     assert_eq!(windows("s-maxage=60, stale-if-error=7"), (0, 0));
+    let validated = resp(
+        200,
+        &[("cache-control", "no-cache, max-age=60"), ("etag", "\"a\"")],
+    );
+    match storable(&validated, Context::default(), now(), &p) {
+        Storable::Yes(f) => assert_eq!(
+            (f.stale_while_revalidate, f.stale_if_error),
+            (Duration::ZERO, Duration::ZERO),
+            "no-cache is never served stale"
+        ),
+        Storable::No(why) => panic!("{why}"),
+    }
+    let r = resp(200, &[("cache-control", "no-cache, max-age=60")]);
+    assert_eq!(
+        storable(&r, Context::default(), now(), &p),
+        Storable::No("stale-on-arrival")
+    );
 }
 
 #[test]
@@ -298,9 +338,22 @@ fn requests_that_bypass_or_revalidate() {
 
 #[test]
 fn keys_never_collide_across_tenants_or_hosts() {
-    assert_ne!(primary_key("ab", "c", "/x"), primary_key("a", "bc", "/x"));
-    assert_ne!(primary_key("a", "h", "/x?y"), primary_key("a", "h", "/x"));
-    assert_eq!(primary_key("a", "h", "/x"), primary_key("a", "h", "/x"));
+    assert_ne!(
+        primary_key("ab", false, "c", "/x"),
+        primary_key("a", false, "bc", "/x")
+    );
+    assert_ne!(
+        primary_key("a", false, "h", "/x?y"),
+        primary_key("a", false, "h", "/x")
+    );
+    assert_ne!(
+        primary_key("a", true, "h", "/x"),
+        primary_key("a", false, "h", "/x")
+    );
+    assert_eq!(
+        primary_key("a", true, "h", "/x"),
+        primary_key("a", true, "h", "/x")
+    );
 }
 
 #[test]

@@ -29,8 +29,10 @@ use super::policy;
 
 /// Bookkeeping per entry beyond its body and headers (maps, queue node, key copies).
 pub const ENTRY_OVERHEAD: u64 = 448;
-/// The most a fill reserves up front from the response's Content-Length.
-const MAX_PREALLOCATION: usize = 64 << 20;
+/// The most a fill reserves up front from the response's Content-Length (a backend's claim).
+const MAX_PREALLOCATION: usize = 1 << 20;
+/// Per tag: its copies in the entry and in the tag index.
+const TAG_OVERHEAD: u64 = 96;
 
 struct Entry {
     meta: StoredMeta,
@@ -93,6 +95,9 @@ pub struct Partition {
     shelf: Mutex<Shelf>,
     budget: AtomicU64,
     evictions: AtomicU64,
+    /// Bumped by every purge: a fill that started before one is not stored, or it could
+    /// bring back what the purge (or an invalidating POST) just removed.
+    purges: AtomicU64,
 }
 
 impl Partition {
@@ -133,6 +138,7 @@ impl Partition {
     /// Drops every entry; returns how many there were.
     pub fn clear(&self) -> usize {
         let mut shelf = self.lock();
+        self.purges.fetch_add(1, Ordering::Relaxed);
         let n = shelf.entries.len();
         *shelf = Shelf::default();
         n
@@ -141,6 +147,7 @@ impl Partition {
     /// Drops every variant stored under a URL's primary key.
     pub fn purge_primary(&self, primary: &HashBinary) -> usize {
         let mut shelf = self.lock();
+        self.purges.fetch_add(1, Ordering::Relaxed);
         let mut keys = shelf.variants.get(primary).cloned().unwrap_or_default();
         keys.push(*primary);
         keys.iter().filter(|k| shelf.remove(k).is_some()).count()
@@ -148,6 +155,7 @@ impl Partition {
 
     pub fn purge_tag(&self, tag: &str) -> usize {
         let mut shelf = self.lock();
+        self.purges.fetch_add(1, Ordering::Relaxed);
         let keys: Vec<HashBinary> = shelf
             .by_tag
             .get(tag)
@@ -251,6 +259,8 @@ impl HandleHit for Hit {
 
 struct Miss {
     partition: Arc<Partition>,
+    /// `Partition::purges` when the fill started.
+    purges: u64,
     key: HashBinary,
     primary: Option<HashBinary>,
     meta: StoredMeta,
@@ -266,13 +276,14 @@ impl HandleMiss for Miss {
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        let weight = self.body.len() as u64
-            + self.meta.weight()
-            + self.tags.iter().map(|t| t.len() as u64).sum::<u64>()
-            + ENTRY_OVERHEAD;
+        let weight =
+            self.body.len() as u64 + self.meta.weight() + tags_weight(&self.tags) + ENTRY_OVERHEAD;
         let part = self.partition;
+        let mut shelf = part.lock();
+        // Under the lock, so no purge can slip in between this check and the insert.
+        let purged_meanwhile = part.purges.load(Ordering::Relaxed) != self.purges;
         // An object larger than the whole budget would only evict everything, then itself.
-        if weight <= part.budget() {
+        if weight <= part.budget() && !purged_meanwhile {
             let entry = Entry {
                 meta: self.meta,
                 body: fit(self.body),
@@ -280,7 +291,6 @@ impl HandleMiss for Miss {
                 tags: self.tags,
                 weight,
             };
-            let mut shelf = part.lock();
             shelf.insert(self.key, entry);
             part.fit(&mut shelf);
         }
@@ -337,6 +347,7 @@ impl Storage for CacheStore {
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
             .unwrap_or(0);
         Ok(Box::new(Miss {
+            purges: partition.purges.load(Ordering::Relaxed),
             partition,
             key: combined,
             primary: (combined != primary).then_some(primary),
@@ -373,20 +384,33 @@ impl Storage for CacheStore {
             return Ok(false);
         };
         let stored = StoredMeta::from(meta);
+        let tags = policy::tags(meta.headers()).into_boxed_slice();
+        let key = key.combined_bin();
         let mut shelf = part.lock();
-        // The entry may have been evicted or purged while it was being revalidated.
-        match shelf.entries.get_mut(&key.combined_bin()) {
-            Some(e) => {
-                e.meta = stored;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        // The entry may have been evicted or purged while it was being revalidated. A 304 can
+        // bring new tags and headers: the entry is indexed and weighed again.
+        let Some(old) = shelf.remove(&key) else {
+            return Ok(false);
+        };
+        let weight = old.body.len() as u64 + stored.weight() + tags_weight(&tags) + ENTRY_OVERHEAD;
+        let entry = Entry {
+            meta: stored,
+            tags,
+            weight,
+            ..old
+        };
+        shelf.insert(key, entry);
+        part.fit(&mut shelf);
+        Ok(true)
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
     }
+}
+
+fn tags_weight(tags: &[Box<str>]) -> u64 {
+    tags.iter().map(|t| t.len() as u64 + TAG_OVERHEAD).sum()
 }
 
 /// A body as stored: without the spare capacity a buffer grown chunk by chunk can hold.

@@ -19,7 +19,7 @@ fn meta(tags: &str) -> CacheMeta {
 }
 
 fn key(tenant: &str, url: &str) -> CacheKey {
-    CacheKey::new(policy::primary_key(tenant, "h.test", url), tenant)
+    CacheKey::new(policy::primary_key(tenant, false, "h.test", url), tenant)
 }
 
 async fn put(s: &'static CacheStore, k: &CacheKey, body: &[u8], tags: &str) {
@@ -181,4 +181,46 @@ fn stored_meta_rebuilds_what_pingora_reads() {
         "the age it arrived with counts"
     );
     assert_eq!(back.variance(), meta.variance());
+}
+
+#[tokio::test]
+async fn a_fill_started_before_a_purge_is_not_stored() {
+    let s = store();
+    s.configure(&[("a", 1 << 20)]);
+    let k = key("a", "/x");
+    let span = Span::inactive();
+    let mut miss = s
+        .get_miss_handler(&k, &meta(""), &span.handle())
+        .await
+        .unwrap();
+    miss.write_body(Bytes::from_static(b"old"), true)
+        .await
+        .unwrap();
+    s.partition("a").unwrap().purge_primary(&k.primary_bin());
+    miss.finish().await.unwrap();
+    assert_eq!(get(s, &k).await, None, "the purge would have been undone");
+    put(s, &k, b"new", "").await;
+    assert_eq!(get(s, &k).await.as_deref(), Some(&b"new"[..]));
+}
+
+#[tokio::test]
+async fn a_304_with_new_tags_is_indexed_again() {
+    let s = store();
+    s.configure(&[("a", 1 << 20)]);
+    let k = key("a", "/t");
+    put(s, &k, b"body", "v1").await;
+    let span = Span::inactive();
+    assert!(s
+        .update_meta(&k, &meta("v2"), &span.handle())
+        .await
+        .unwrap());
+    let a = s.partition("a").unwrap();
+    assert_eq!(a.purge_tag("v1"), 0);
+    assert_eq!(a.purge_tag("v2"), 1);
+    assert!(
+        !s.update_meta(&k, &meta("v3"), &span.handle())
+            .await
+            .unwrap(),
+        "gone: false, no panic"
+    );
 }

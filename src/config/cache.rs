@@ -22,6 +22,8 @@ const TENANT_KEYS: &[&str] = &[
     "honor_client_no_cache",
 ];
 
+/// Freshness or stale windows beyond a year are typos (and would overflow time arithmetic).
+const MAX_CACHE_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The largest single object: beyond this an entry would crowd a whole budget.
 const MAX_OBJECT_CEILING: u64 = 1 << 30;
 
@@ -38,7 +40,10 @@ pub fn parse_main(file: &Path, t: &Table, errs: &mut ConfigErrors) -> CacheMemor
         }
     }
     if let Some(d) = f.duration("lock_timeout", errs) {
-        c.lock_timeout = d;
+        match d > Duration::from_secs(300) {
+            true => errs.push(file, f.path("lock_timeout"), "at most 5m"),
+            false => c.lock_timeout = d,
+        }
     }
     f.finish(errs);
     c
@@ -63,7 +68,12 @@ pub fn parse_tenant(file: &Path, t: &Table, errs: &mut ConfigErrors) -> TenantCa
         {
             return Some(Duration::ZERO);
         }
-        f.duration(key, errs)
+        let d = f.duration(key, errs)?;
+        if d > MAX_CACHE_DURATION {
+            errs.push(f.file, f.path(key), "at most 365d");
+            return None;
+        }
+        Some(d)
     };
     c.default_ttl = secs("default_ttl");
     if let Some(d) = secs("stale_while_revalidate") {

@@ -64,8 +64,8 @@ pub fn key(session: &Session, ctx: &RequestCtx) -> CacheKey {
         .unwrap_or_default();
     let path = ctx.normalized_path.as_deref().unwrap_or(req.uri.path());
     let primary = match req.uri.query() {
-        Some(q) => policy::primary_key(tenant, &host, &format!("{path}?{q}")),
-        None => policy::primary_key(tenant, &host, path),
+        Some(q) => policy::primary_key(tenant, ctx.tls, &host, &format!("{path}?{q}")),
+        None => policy::primary_key(tenant, ctx.tls, &host, path),
     };
     CacheKey::new(primary, tenant)
 }
@@ -106,15 +106,17 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx)
         Storable::No(why) => RespCacheable::Uncacheable(NoCacheReason::Custom(why)),
         Storable::Yes(f) => {
             let secs = |d: std::time::Duration| d.as_secs().min(u32::MAX as u64) as u32;
+            // Config and the Age cap keep these far from overflow; saturate all the same.
+            let fresh_until = now.checked_add(f.fresh_for).unwrap_or(now);
             let mut meta = CacheMeta::new(
-                now + f.fresh_for,
+                fresh_until,
                 now,
                 secs(f.stale_while_revalidate),
                 secs(f.stale_if_error),
                 resp.clone(),
             );
             // The age it arrived with counts: `Age` on hits includes it.
-            meta.set_epoch_override(now - f.age);
+            meta.set_epoch_override(now.checked_sub(f.age).unwrap_or(now));
             RespCacheable::Cacheable(meta)
         }
     }
@@ -148,6 +150,8 @@ pub fn report(session: &Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx
         }
         (None, CachePhase::Expired) => ("miss", stored("porteiro; fwd=stale", c.stored)),
         (None, CachePhase::Miss) => ("miss", stored("porteiro; fwd=uri-miss", c.stored)),
+        // Looked up, then not stored (uncacheable, too large, a lock wait that timed out).
+        (None, CachePhase::Disabled(_)) => ("miss", "porteiro; fwd=uri-miss".into()),
         (None, _) => ("bypass", "porteiro; fwd=bypass; detail=uncacheable".into()),
     };
     c.result = Some(result);
@@ -185,8 +189,10 @@ pub fn invalidate(session: &Session, ctx: &RequestCtx, status: u16) {
         return;
     };
     let purge = |path_and_query: &str, host: &str| {
-        let primary = policy::primary_key(ctx.tenant_id(), host, path_and_query);
-        part.purge_primary(&CacheKey::new(primary, "").primary_bin());
+        for https in [false, true] {
+            let primary = policy::primary_key(ctx.tenant_id(), https, host, path_and_query);
+            part.purge_primary(&CacheKey::new(primary, "").primary_bin());
+        }
     };
     let Some(host) = headers::request_host(req).and_then(normalize_host) else {
         return;

@@ -347,6 +347,11 @@ impl ProxyHttp for Porteiro {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         cache::report(session, resp, ctx);
+        if let (101, Some(snap)) = (resp.status.as_u16(), &ctx.snapshot) {
+            // An upgraded connection (WebSocket) may sit quiet for a while: idle rules, not
+            // the request body's, apply from here.
+            session.set_read_timeout(Some(snap.clients.keepalive_timeout));
+        }
         if let Some(rid) = &ctx.request_id {
             resp.insert_header(headers::X_REQUEST_ID, rid.clone())?;
         }

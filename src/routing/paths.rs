@@ -194,10 +194,7 @@ fn decode_all(path: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        let escaped = escaped_byte(bytes, i);
         match escaped {
             Some(b) => {
                 out.push(b);
@@ -228,6 +225,14 @@ pub fn has_path_parameters(path: &str) -> bool {
     path.contains(';')
 }
 
+/// The byte a `%XX` escape at `bytes[i]` stands for; `None` when there is none.
+pub fn escaped_byte(bytes: &[u8], i: usize) -> Option<u8> {
+    let hex = bytes
+        .get(i + 1..i + 3)
+        .filter(|h| bytes[i] == b'%' && h.iter().all(u8::is_ascii_hexdigit))?;
+    u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
+
 /// `%XX` escapes of unreserved characters replaced by the character; other escapes kept as
 /// sent. `None` when there is nothing to decode.
 fn decode_unreserved(path: &str) -> Result<Option<String>, AmbiguousPath> {
@@ -239,10 +244,7 @@ fn decode_unreserved(path: &str) -> Result<Option<String>, AmbiguousPath> {
     let mut changed = false;
     let mut i = 0;
     while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        let escaped = escaped_byte(bytes, i);
         match escaped {
             Some(0) | Some(b'\\') => return Err(AmbiguousPath),
             Some(b) if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => {
