@@ -308,6 +308,9 @@ async fn what_is_not_stored_or_not_looked_up() {
         w.get("a.test", path).await;
         let again = w.get("a.test", path).await;
         assert_eq!(w.origin.hits(origin_path), 2, "{path}: {:?}", again.headers);
+        if !path.starts_with("/nocache/") {
+            assert_eq!(cache_status(&again), "porteiro; fwd=uri-miss", "{path}");
+        }
     }
     let with_cookie = [("cookie", "session=1")];
     w.get_with("a.test", "/c?cc=max-age%3D60", &with_cookie)
@@ -523,6 +526,12 @@ async fn purge_by_tenant_url_and_tag() {
     let r = w.admin_delete("/-/cache/a").await;
     assert!(r.body.contains("\"purged\": 3"), "{}", r.body);
     assert_eq!(w.admin_delete("/-/cache/nobody").await.status, 404);
+    let typo = w.admin_delete("/-/cache/a?URL=x").await;
+    assert_eq!(
+        typo.status, 400,
+        "a misspelt parameter purges nothing: {}",
+        typo.body
+    );
     let r = w
         .admin_delete("/-/cache/a?url=http%3A%2F%2Fb.test%2Fx")
         .await;

@@ -22,6 +22,10 @@ pub fn purge(snap: &Snapshot, tenant: &str, query: Option<&str>) -> (StatusCode,
         );
     };
     let params: Vec<(String, String)> = query.map(parse_query).unwrap_or_default();
+    // A misspelt parameter must not fall through to "everything".
+    if let Some((unknown, _)) = params.iter().find(|(k, _)| k != "url" && k != "tag") {
+        return bad(&format!("unknown parameter `{unknown}` (url or tag)"));
+    }
     let param = |name: &str| {
         params
             .iter()

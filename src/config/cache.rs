@@ -144,6 +144,17 @@ mod tests {
     }
 
     #[test]
+    fn durations_are_bounded() {
+        let (_, errs) = tenant("default_ttl = \"400d\"\nstale_if_error = \"1h\"\n");
+        let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["cache.default_ttl"]);
+        let mut errs = ConfigErrors::default();
+        let t: Table = toml::from_str("lock_timeout = \"10m\"").unwrap();
+        parse_main(Path::new("m"), &t, &mut errs);
+        assert_eq!(errs.0[0].key, "cache.lock_timeout");
+    }
+
+    #[test]
     fn main_memory() {
         let mut errs = ConfigErrors::default();
         let t: Table = toml::from_str("max_memory = \"0\"").unwrap();

@@ -292,6 +292,7 @@ mod normalize_tests {
         assert_eq!(norm("/%7Euser/%41").as_deref(), Some("/~user/A"));
         assert_eq!(norm("/a%2Fb"), None, "an encoded slash is data");
         assert_eq!(norm("/a%20b%"), None);
+        assert_eq!(norm("/%+2/%2g"), None, "an escape is two hex digits");
         assert_eq!(norm("/caf%C3%A9/%61").as_deref(), Some("/caf%C3%A9/a"));
         assert_eq!(norm("/é/%2e%2e/x").as_deref(), Some("/x"));
         assert_eq!(
