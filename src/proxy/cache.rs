@@ -132,41 +132,41 @@ pub fn report(session: &Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx
     }
     let cache = &session.cache;
     let waited = cache.lock_duration().is_some();
+    // Only a fresh hit's ttl varies; every other value is a constant, built without allocating.
+    let fixed = |v: &'static str| http::HeaderValue::from_static(v);
     let (result, status) = match (c.bypass, cache.phase()) {
-        (Some(_), _) => ("bypass", "porteiro; fwd=bypass".to_string()),
+        (Some(_), _) => ("bypass", fixed("porteiro; fwd=bypass")),
         (None, CachePhase::Hit) if waited => {
-            ("coalesced", "porteiro; hit; detail=coalesced".into())
+            ("coalesced", fixed("porteiro; hit; detail=coalesced"))
         }
-        (None, CachePhase::Hit) => (
-            "hit",
-            format!("porteiro; hit; ttl={}", ttl(cache.cache_meta())),
-        ),
+        (None, CachePhase::Hit) => {
+            let ttl = format!("porteiro; hit; ttl={}", ttl(cache.cache_meta()));
+            (
+                "hit",
+                http::HeaderValue::from_str(&ttl).unwrap_or(fixed("porteiro; hit")),
+            )
+        }
         (None, CachePhase::Stale | CachePhase::StaleUpdating) => (
             "stale",
-            "porteiro; hit; fwd=stale; detail=stale-served".into(),
+            fixed("porteiro; hit; fwd=stale; detail=stale-served"),
         ),
         (None, CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_)) => {
-            ("revalidated", "porteiro; fwd=stale; fwd-status=304".into())
+            ("revalidated", fixed("porteiro; fwd=stale; fwd-status=304"))
         }
-        (None, CachePhase::Expired) => ("miss", stored("porteiro; fwd=stale", c.stored)),
-        (None, CachePhase::Miss) => ("miss", stored("porteiro; fwd=uri-miss", c.stored)),
-        // Looked up, then not stored (uncacheable, too large, a lock wait that timed out).
-        (None, CachePhase::Disabled(_)) => ("miss", "porteiro; fwd=uri-miss".into()),
-        (None, _) => ("bypass", "porteiro; fwd=bypass; detail=uncacheable".into()),
+        (None, CachePhase::Expired) if c.stored => ("miss", fixed("porteiro; fwd=stale; stored")),
+        (None, CachePhase::Expired) => ("miss", fixed("porteiro; fwd=stale")),
+        (None, CachePhase::Miss) if c.stored => ("miss", fixed("porteiro; fwd=uri-miss; stored")),
+        // A miss not stored, or looked up and then not stored (uncacheable, too large, a lock
+        // wait that timed out).
+        (None, CachePhase::Miss | CachePhase::Disabled(_)) => {
+            ("miss", fixed("porteiro; fwd=uri-miss"))
+        }
+        (None, _) => ("bypass", fixed("porteiro; fwd=bypass; detail=uncacheable")),
     };
     c.result = Some(result);
-    if let Ok(v) = http::HeaderValue::from_str(&status) {
-        let _ = resp.insert_header("cache-status", v);
-    }
+    let _ = resp.insert_header("cache-status", status);
     if let Some(m) = &ctx.metrics {
         m.cache_result(result);
-    }
-}
-
-fn stored(base: &str, stored: bool) -> String {
-    match stored {
-        true => format!("{base}; stored"),
-        false => base.to_string(),
     }
 }
 
