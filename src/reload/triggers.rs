@@ -23,57 +23,89 @@ const MAX_DELAY: Duration = Duration::from_secs(2);
 /// Reloads when the main file or a tenant file is written, renamed, created or deleted.
 /// Directories are watched rather than files, so write-then-rename and delete-and-recreate
 /// are seen like in-place writes.
+///
+/// The watch is set up in `new`, before any listener accepts: a file written right after
+/// porteiro answers its first request is then never missed.
 pub struct ConfigWatcher {
     reloader: Arc<Reloader>,
+    armed: Mutex<Option<Armed>>,
+}
+
+/// A live watch and what it reports into.
+struct Armed {
+    watcher: notify::RecommendedWatcher,
+    watched: Vec<Watched>,
+    events: mpsc::UnboundedReceiver<()>,
+    /// Certificate, key and CA files of the running config (their names are not `*.toml`),
+    /// and the watched directories: `mv tenants.new tenants.d` is an event on the name
+    /// `tenants.d` in its parent, and drops the watch on the old directory.
+    known: Arc<Mutex<HashSet<PathBuf>>>,
+    /// Sends into `events`: a new watch asks for one reload to catch what changed before it.
+    nudge: mpsc::UnboundedSender<()>,
 }
 
 impl ConfigWatcher {
     pub fn new(reloader: Arc<Reloader>) -> Self {
-        Self { reloader }
+        let armed = arm(&reloader);
+        Self {
+            reloader,
+            armed: Mutex::new(armed),
+        }
     }
+}
+
+fn known_paths(r: &Reloader) -> HashSet<PathBuf> {
+    let mut paths = r.source_files();
+    paths.extend(r.watched_dirs());
+    paths
+}
+
+fn arm(reloader: &Reloader) -> Option<Armed> {
+    let (tx, events) = mpsc::unbounded_channel();
+    let main_file = reloader.main_file().to_path_buf();
+    let known = Arc::new(Mutex::new(known_paths(reloader)));
+    let known_seen = known.clone();
+    let nudge = tx.clone();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res {
+            let known = known_seen.lock().unwrap_or_else(|p| p.into_inner());
+            if is_relevant(&event, &main_file, &known) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let mut armed = match watcher {
+        Ok(watcher) => Armed {
+            watcher,
+            watched: Vec::new(),
+            events,
+            known,
+            nudge,
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the configuration files; reload with SIGHUP or POST /-/reload");
+            return None;
+        }
+    };
+    // The configuration was read before this watch existed; one check closes that gap.
+    rewatch(&mut armed, reloader.watched_dirs());
+    Some(armed)
 }
 
 #[async_trait]
 impl BackgroundService for ConfigWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let main_file = self.reloader.main_file().to_path_buf();
-        // Certificate, key and CA files of the running config: their names are not `*.toml`.
-        // The watched directories count too: `mv tenants.new tenants.d` is an event on the
-        // name `tenants.d` in its parent, and drops the watch on the old directory.
-        let known_paths = |r: &Reloader| {
-            let mut paths = r.source_files();
-            paths.extend(r.watched_dirs());
-            paths
-        };
-        let key_files = Arc::new(Mutex::new(known_paths(&self.reloader)));
-        let key_files_seen = key_files.clone();
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(event) = res {
-                let known = key_files_seen.lock().unwrap_or_else(|p| p.into_inner());
-                if is_relevant(&event, &main_file, &known) {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        let mut watcher = match watcher {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch the configuration files; reload with SIGHUP or POST /-/reload");
-                return;
-            }
-        };
-        let mut watched = Vec::new();
-        rewatch(&mut watcher, &mut watched, self.reloader.watched_dirs());
+        let taken = self.armed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(mut armed) = taken else { return };
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                got = rx.recv() => if got.is_none() { return },
+                got = armed.events.recv() => if got.is_none() { return },
             }
-            settle(&mut rx).await;
+            settle(&mut armed.events).await;
             self.reloader.reload_in_background(Trigger::File).await;
-            *key_files.lock().unwrap_or_else(|p| p.into_inner()) = known_paths(&self.reloader);
-            rewatch(&mut watcher, &mut watched, self.reloader.watched_dirs());
+            *armed.known.lock().unwrap_or_else(|p| p.into_inner()) = known_paths(&self.reloader);
+            rewatch(&mut armed, self.reloader.watched_dirs());
         }
     }
 }
@@ -99,8 +131,12 @@ fn identity(dir: &Path) -> Option<(u64, u64)> {
 
 /// Watches `dirs`. Drops watches on directories no longer named (tenants_dir changed), and
 /// watches again a directory that was replaced under the same name (a watch follows the
-/// directory, not its name).
-fn rewatch(watcher: &mut impl Watcher, watched: &mut Vec<Watched>, dirs: Vec<PathBuf>) {
+/// directory, not its name). Every new watch queues one reload: files may have changed
+/// between the last read and the watch.
+fn rewatch(armed: &mut Armed, dirs: Vec<PathBuf>) {
+    let Armed {
+        watcher, watched, ..
+    } = armed;
     watched.retain(|(dir, id)| {
         let keep = dirs.contains(dir) && *id == identity(dir);
         if !keep {
@@ -108,15 +144,22 @@ fn rewatch(watcher: &mut impl Watcher, watched: &mut Vec<Watched>, dirs: Vec<Pat
         }
         keep
     });
+    let mut added = false;
     for dir in dirs {
         if watched.iter().any(|(d, _)| *d == dir) {
             continue;
         }
         let id = identity(&dir);
         match watcher.watch(&dir, RecursiveMode::NonRecursive) {
-            Ok(()) => watched.push((dir, id)),
+            Ok(()) => {
+                watched.push((dir, id));
+                added = true;
+            }
             Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory"),
         }
+    }
+    if added {
+        let _ = armed.nudge.send(());
     }
 }
 

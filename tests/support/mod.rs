@@ -184,12 +184,28 @@ async fn answer(
 
 /// A loopback port nobody listens on right now (for the proxy's own listener, and for
 /// "dead backend" addresses that refuse connections).
+///
+/// Ports come from below the kernel's ephemeral range, so no socket the kernel numbers itself
+/// (a test backend bound to port 0, an outgoing connection) can take one between the moment
+/// it is chosen here and the moment porteiro binds it. Each test process starts at its own
+/// offset and hands each port out once.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000, ephemeral_low.clamp(10_001, 65_535));
+    let span = high - low;
+    let offset = std::process::id() as usize * 7919;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (low + (offset + n) % span) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
 }
 
 pub fn dead_addr() -> SocketAddr {
