@@ -130,3 +130,52 @@ async fn random_balancing_uses_every_backend() {
         b.hits()
     );
 }
+
+/// Behind a trusted load balancer every connection comes from the balancer: hashing on the
+/// socket peer would send every client to one backend. The client address is the one the
+/// balancer forwarded for, for hashing and the access log alike.
+#[tokio::test]
+async fn client_ip_hashing_behind_a_trusted_proxy_uses_the_forwarded_client() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let cfg = ConfigDir::new("trusted_proxies = [\"127.0.0.1\"]");
+    let log = cfg.dir.path().join("access.log");
+    cfg.append_main(&format!("[access_log]\npath = \"{}\"", log.display()));
+    cfg.tenant(
+        "t.toml",
+        &one_pool_tenant(
+            "t",
+            &["t.test"],
+            &[a.addr, b.addr],
+            "balance = \"consistent_hash\"\nhash_key = \"client_ip\"",
+        ),
+    );
+    let proxy = Proxy::start(&cfg);
+    let c = client();
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for round in 0..2 {
+        for n in 1..=20 {
+            let client = format!("198.51.100.{n}");
+            let r = send(
+                c.get(proxy.url("/"))
+                    .header("host", "t.test")
+                    .header("x-forwarded-for", &client),
+            )
+            .await;
+            let backend = r.backend.expect("answered by a backend");
+            let first = owner
+                .entry(client.clone())
+                .or_insert_with(|| backend.clone());
+            assert_eq!(*first, backend, "{client} moved in round {round}");
+        }
+    }
+    let used: std::collections::HashSet<_> = owner.values().collect();
+    // With the peer hashed, all 20 land on one backend; spread, that has odds of 2^-19.
+    assert_eq!(used.len(), 2, "20 clients on one backend: {owner:?}");
+    eventually(Duration::from_secs(10), "40 access log lines", || async {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() == 40)
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["client_ip"], "198.51.100.1", "{first}");
+}

@@ -91,6 +91,13 @@ async fn client_addresses_are_limited_apart_and_only_trusted_proxies_may_name_th
     }
     assert_eq!(one, [200, 200, 429]);
     assert_eq!(send_from(&c, &proxy, "198.51.100.2").await.status, 200);
+    // An IPv6 client is its /64: a fresh address in the same block gets no fresh burst.
+    let mut six = Vec::new();
+    for ip in ["2001:db8:0:1::1", "2001:db8:0:1::2", "2001:db8:0:1:ffff::3"] {
+        six.push(send_from(&c, &proxy, ip).await.status);
+    }
+    assert_eq!(six, [200, 200, 429]);
+    assert_eq!(send_from(&c, &proxy, "2001:db8:0:2::1").await.status, 200);
     // Spoofed entries left of the trusted hop do not help: the rightmost untrusted one counts.
     assert_eq!(
         send_from(&c, &proxy, "203.0.113.50, 198.51.100.1")

@@ -33,6 +33,9 @@ pub fn parse(f: &Fields, errs: &mut ConfigErrors) -> ClientLimits {
     if let Some(n) = f.int("max_connections_per_ip", 1..=10_000_000, errs) {
         c.max_connections_per_ip = n as u32;
     }
+    if let Some(n) = f.int("client_ipv6_prefix", 32..=128, errs) {
+        c.client_ipv6_prefix = n as u8;
+    }
     if let Some(n) = f.size("max_request_line", 256..=HEAD_CEILING, errs) {
         c.max_request_line = n as u32;
     }
@@ -77,7 +80,8 @@ mod tests {
         let (c, errs) = parse_str(
             "header_timeout = \"5s\"\nkeepalive_timeout = \"2m\"\nbody_timeout = \"20s\"\n\
              send_timeout = \"1m\"\nmax_connections = 100\nmax_connections_per_ip = 10\n\
-             max_request_line = \"4KiB\"\nmax_header_bytes = \"16KiB\"\ndrop_underscore_headers = true\n",
+             max_request_line = \"4KiB\"\nmax_header_bytes = \"16KiB\"\ndrop_underscore_headers = true\n\
+             client_ipv6_prefix = 56\n",
         );
         assert!(errs.is_empty(), "{errs}");
         assert_eq!(c.header_timeout, Duration::from_secs(5));
@@ -85,13 +89,14 @@ mod tests {
         assert_eq!((c.max_connections, c.max_connections_per_ip), (100, 10));
         assert_eq!((c.max_request_line, c.max_header_bytes), (4096, 16384));
         assert!(c.drop_underscore_headers);
+        assert_eq!(c.client_ipv6_prefix, 56);
     }
 
     #[test]
     fn bad_values_name_their_key() {
         let (_, errs) = parse_str(
             "header_timeout = \"500ms\"\nmax_connections = 0\nmax_header_bytes = \"2MiB\"\n\
-             max_request_line = \"nope\"\n",
+             max_request_line = \"nope\"\nclient_ipv6_prefix = 16\n",
         );
         let keys: Vec<&str> = errs.0.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
@@ -99,6 +104,7 @@ mod tests {
             [
                 "server.header_timeout",
                 "server.max_connections",
+                "server.client_ipv6_prefix",
                 "server.max_request_line",
                 "server.max_header_bytes"
             ]

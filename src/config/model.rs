@@ -166,9 +166,12 @@ pub struct ClientLimits {
     pub send_timeout: Duration,
     /// Open client connections per listener; beyond it new connections get 503.
     pub max_connections: u32,
-    /// Open connections per client address (IPv6: per /64); beyond it 429. Trusted proxies
-    /// are exempt.
+    /// Open connections per client address (IPv6: per `client_ipv6_prefix`); beyond it 429.
+    /// Trusted proxies are exempt.
     pub max_connections_per_ip: u32,
+    /// An IPv6 client is its block of this many leading bits for `max_connections_per_ip`
+    /// and `per_client_ip`: one host commonly holds a whole /64.
+    pub client_ipv6_prefix: u8,
     /// Longest request line (method, target, version); longer gets 414.
     pub max_request_line: u32,
     /// Largest request head; larger (or more than 256 headers) gets 431.
@@ -187,6 +190,7 @@ impl Default for ClientLimits {
             send_timeout: Duration::from_secs(30),
             max_connections: 20_000,
             max_connections_per_ip: 512,
+            client_ipv6_prefix: 64,
             max_request_line: 8 * 1024,
             max_header_bytes: 64 * 1024,
             drop_underscore_headers: false,

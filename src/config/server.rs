@@ -42,6 +42,7 @@ pub(super) const SERVER_KEYS: &[&str] = &[
     "max_request_line",
     "max_header_bytes",
     "drop_underscore_headers",
+    "client_ipv6_prefix",
 ];
 
 pub fn defaults() -> ServerConfig {

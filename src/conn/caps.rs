@@ -1,5 +1,6 @@
-//! Caps on open client connections: per listener, and per client address (IPv6 per /64, the
-//! block one subscriber gets), so one client cannot hold every connection a listener has.
+//! Caps on open client connections: per listener, and per client address (the caller passes
+//! IPv6 clients as their block, `limits::address_block`), so one client cannot hold every
+//! connection a listener has.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -20,7 +21,7 @@ pub struct ConnCounter {
     listeners: Vec<(SocketAddr, AtomicU32)>,
     /// Open connections per client key; an entry is removed when its count drops to zero,
     /// so the map only holds clients that have connections open.
-    clients: [Mutex<HashMap<u128, u32>>; SHARDS],
+    clients: [Mutex<HashMap<IpAddr, u32>>; SHARDS],
     /// Seeded per process: shard choice is not something a client can aim at.
     hasher: RandomState,
 }
@@ -29,7 +30,7 @@ pub struct ConnCounter {
 pub struct ConnSlot<'a> {
     counter: &'a ConnCounter,
     listener: Option<usize>,
-    client: Option<u128>,
+    client: Option<IpAddr>,
 }
 
 impl ConnCounter {
@@ -63,7 +64,7 @@ impl ConnCounter {
             }
             slot.listener = Some(i);
         }
-        if let Some(key) = client.map(client_key) {
+        if let Some(key) = client {
             let mut shard = self.shard(key);
             let open = shard.entry(key).or_insert(0);
             if *open >= max_client {
@@ -98,7 +99,7 @@ impl ConnCounter {
         })
     }
 
-    fn shard(&self, key: u128) -> std::sync::MutexGuard<'_, HashMap<u128, u32>> {
+    fn shard(&self, key: IpAddr) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
         lock(&self.clients[self.hasher.hash_one(key) as usize % SHARDS])
     }
 }
@@ -117,14 +118,6 @@ impl Drop for ConnSlot<'_> {
                 }
             }
         }
-    }
-}
-
-/// IPv4 addresses as they are; IPv6 by /64.
-fn client_key(ip: IpAddr) -> u128 {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => u32::from(v4) as u128,
-        IpAddr::V6(v6) => (u128::from(v6) & !((1u128 << 64) - 1)) | 1,
     }
 }
 
@@ -160,7 +153,7 @@ mod tests {
     #[test]
     fn client_cap_per_address_and_per_ipv6_block() {
         let c = ConnCounter::new(&[]);
-        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let ip = |s: &str| Some(crate::limits::address_block(s.parse().unwrap(), 64));
         let held: Vec<_> = (0..3)
             .map(|_| c.acquire(None, ip("192.0.2.1"), 100, 3).unwrap())
             .collect();

@@ -77,7 +77,9 @@ where
         let local = socket
             .as_ref()
             .and_then(|d| d.local_addr()?.as_inet().copied());
-        let client = peer_ip(&stream).filter(|_| !exempt);
+        let client = peer_ip(&stream)
+            .filter(|_| !exempt)
+            .map(|ip| crate::limits::address_block(ip, limits.client_ipv6_prefix));
         let m = metrics::get();
         let _slot = match self.counter.acquire(
             local,

@@ -30,6 +30,19 @@ pub fn client_ip(
     Some(last)
 }
 
+/// The address a client is counted as: IPv4 as it is, IPv6 as its block of `v6_prefix`
+/// leading bits (one subscriber commonly holds a whole /64 and can pick any address in it).
+pub fn address_block(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let host_bits = 128 - u32::from(v6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(host_bits).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+        v4 => v4,
+    }
+}
+
 /// One `X-Forwarded-For` entry: an address, possibly with a port (`192.0.2.1:5678`,
 /// `[2001:db8::1]:443`), IPv4-mapped IPv6 read as the IPv4 address it is.
 fn parse_entry(entry: &str) -> Option<IpAddr> {
@@ -73,6 +86,21 @@ mod tests {
             client_ip(Some(ip("10.0.0.2")), &["junk, 10.0.0.5"], &trusted),
             Some(ip("10.0.0.5"))
         );
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_block() {
+        assert_eq!(address_block(ip("192.0.2.7"), 64), ip("192.0.2.7"));
+        assert_eq!(address_block(ip("::ffff:192.0.2.7"), 64), ip("192.0.2.7"));
+        assert_eq!(
+            address_block(ip("2001:db8:1:2:3:4:5:6"), 64),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            address_block(ip("2001:db8:1:2ff::9"), 56),
+            ip("2001:db8:1:200::")
+        );
+        assert_eq!(address_block(ip("2001:db8::9"), 128), ip("2001:db8::9"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-pub use client_ip::client_ip;
+pub use client_ip::{address_block, client_ip};
 pub use gcra::{Cell, Rate, Verdict};
 pub use per_ip::PerIp;
 pub use persist::{QuotaPersister, QuotaState};

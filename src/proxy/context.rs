@@ -25,6 +25,10 @@ pub struct RequestCtx {
     pub tenant: Option<u32>,
     pub pool: Option<Arc<Pool>>,
     pub request_id: Option<HeaderValue>,
+    /// The socket peer (IPv4-mapped addresses read as IPv4).
+    pub peer_ip: Option<IpAddr>,
+    /// The client: the peer, or behind `trusted_proxies` the address they forwarded for.
+    /// The one address hashing, limits and logs use.
     pub client_ip: Option<IpAddr>,
     /// Hash of the consistent-hash key, computed once (retries reuse it).
     pub hash_key: u64,
@@ -77,6 +81,7 @@ impl Default for RequestCtx {
             tenant: None,
             pool: None,
             request_id: None,
+            peer_ip: None,
             client_ip: None,
             hash_key: 0,
             tried: Vec::new(),

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use http::header::HOST;
 use http::HeaderValue;
+use ipnet::IpNet;
 use pingora::http::RequestHeader;
 
 pub const X_TENANT_ID: &str = "x-tenant-id";
@@ -15,9 +16,26 @@ const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
 const FORWARDED: &str = "forwarded";
 
+/// The client behind the peer: the peer itself unless it is a trusted proxy, then the
+/// address the forwarding chain vouches for (`limits::client_ip`).
+pub fn client_ip(req: &RequestHeader, peer: Option<IpAddr>, trusted: &[IpNet]) -> Option<IpAddr> {
+    let ip = peer?;
+    if !trusted.iter().any(|net| net.contains(&ip)) {
+        return peer;
+    }
+    let chain: Vec<&str> = req
+        .headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    crate::limits::client_ip(peer, &chain, trusted)
+}
+
 /// What the proxy knows about the request that the backend should be told.
 pub struct Forwarding<'a> {
-    pub client_ip: Option<IpAddr>,
+    /// The socket peer: the address this hop appends to `X-Forwarded-For`.
+    pub peer_ip: Option<IpAddr>,
     /// The peer is inside `trusted_proxies`: its forwarding headers are extended, not replaced.
     pub trusted_peer: bool,
     pub proto: &'static str,
@@ -36,7 +54,7 @@ pub fn apply(req: &mut RequestHeader, f: &Forwarding) -> pingora::Result<()> {
     req.insert_header(X_TENANT_ID, f.tenant_id.clone())?;
     req.insert_header(X_REQUEST_ID, f.request_id.clone())?;
 
-    let client = f.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    let client = f.peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
     let prior = if f.trusted_peer {
         joined(req, X_FORWARDED_FOR)
     } else {
@@ -257,7 +275,7 @@ mod tests {
         apply(
             r,
             &Forwarding {
-                client_ip: Some("192.0.2.7".parse().unwrap()),
+                peer_ip: Some("192.0.2.7".parse().unwrap()),
                 trusted_peer: trusted,
                 proto: "http",
                 host: "acme.example.com",

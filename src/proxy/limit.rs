@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use pingora::proxy::Session;
 
-use super::{headers, respond, Porteiro, RequestCtx};
+use super::{respond, Porteiro, RequestCtx};
 use crate::limits::{self, Limiter, TenantLimiter};
 use crate::metrics;
-use crate::snapshot::Snapshot;
 
 impl Porteiro {
     /// Asks the tenant's limiter; on success the permit lives in `ctx` until the request ends.
@@ -16,24 +15,14 @@ impl Porteiro {
         &self,
         session: &Session,
         ctx: &mut RequestCtx,
-        snap: &Snapshot,
         limiter: Arc<TenantLimiter>,
+        ipv6_prefix: u8,
     ) -> Result<(), limits::Refusal> {
         let req = session.req_header();
-        // Only per-client limits need the address behind trusted proxies.
-        let client_ip = if limiter.config.per_client_ip.is_some() {
-            let forwarded: Vec<&str> = req
-                .headers
-                .get_all(headers::X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            limits::client_ip(ctx.client_ip, &forwarded, &snap.trusted_proxies)
-        } else {
-            ctx.client_ip
-        };
         let request = limits::Request {
-            client_ip,
+            client_ip: ctx
+                .client_ip
+                .map(|ip| limits::address_block(ip, ipv6_prefix)),
             content_length: req
                 .headers
                 .get(http::header::CONTENT_LENGTH)

@@ -60,12 +60,14 @@ impl ProxyHttp for Porteiro {
         session.set_write_timeout(Some(snap.clients.send_timeout));
         let sni = client_tls(session, ctx);
         ctx.request_id = Some(headers::request_id(session.req_header()));
-        ctx.client_ip = session
+        ctx.peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
             // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; trusted_proxies,
             // limits and logs mean the IPv4 address.
             .map(|a| a.ip().to_canonical());
+        ctx.client_ip =
+            headers::client_ip(session.req_header(), ctx.peer_ip, &snap.trusted_proxies);
         let answer = self.decide(session, ctx, &snap, sni.as_deref());
         ctx.snapshot = Some(snap);
         self.answer(session, ctx, answer).await
@@ -305,12 +307,12 @@ impl ProxyHttp for Porteiro {
                 upstream.set_uri(uri);
             }
         }
-        let trusted_peer = ctx.client_ip.is_some_and(|ip| snap.is_trusted_proxy(ip));
+        let trusted_peer = ctx.peer_ip.is_some_and(|ip| snap.is_trusted_proxy(ip));
         let host = headers::request_host(session.req_header()).unwrap_or("");
         headers::apply(
             upstream,
             &headers::Forwarding {
-                client_ip: ctx.client_ip,
+                peer_ip: ctx.peer_ip,
                 trusted_peer,
                 proto: if ctx.tls { "https" } else { "http" },
                 host,

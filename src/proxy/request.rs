@@ -99,7 +99,8 @@ impl Porteiro {
         // not the client's: it does not count against the tenant's limits.
         let background = session.subrequest_ctx.is_some();
         if let Some(limiter) = snap.limiters[t as usize].clone().filter(|_| !background) {
-            if let Err(refusal) = self.admit(session, ctx, snap, limiter) {
+            if let Err(refusal) = self.admit(session, ctx, limiter, snap.clients.client_ipv6_prefix)
+            {
                 return Answer::Refuse(refusal);
             }
         }
