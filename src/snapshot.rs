@@ -3,7 +3,7 @@
 //! in with one atomic store. A request loads it once and keeps that `Arc` to its end.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
@@ -22,7 +22,7 @@ use crate::limits::TenantLimiter;
 use crate::metrics::TenantMetrics;
 use crate::routing::{HostTable, PathRoutes};
 use crate::upstream::health::{HealthKey, HealthRegistry, HealthTarget};
-use crate::upstream::{Pool, Thresholds};
+use crate::upstream::{BackendState, PassiveState, Pool, Thresholds};
 
 /// The one place the current snapshot lives.
 pub type SharedSnapshot = ArcSwap<Snapshot>;
@@ -110,13 +110,8 @@ impl Snapshot {
         let mut hosts = HostTable::with_capacity(host_count, host_count / 2);
         let mut health = HealthRegistry::default();
         let mut tenants = Vec::with_capacity(config.tenants.len());
-        let reusable: HashMap<*const TenantConfig, &Arc<Tenant>> = previous
-            .map(|p| {
-                p.tenants
-                    .iter()
-                    .map(|t| (Arc::as_ptr(&t.config), t))
-                    .collect()
-            })
+        let before: HashMap<&str, &Arc<Tenant>> = previous
+            .map(|p| p.tenants.iter().map(|t| (t.id.as_ref(), t)).collect())
             .unwrap_or_default();
         let m = &config.material;
         for (index, tc) in config.tenants.iter().enumerate() {
@@ -127,8 +122,9 @@ impl Snapshot {
                 cert: m.tenant_certs.get(index).cloned().flatten(),
                 pool_cas: m.pool_cas.get(index).cloned().unwrap_or_default(),
             };
-            let tenant = match reusable.get(&Arc::as_ptr(tc)) {
-                Some(&same) if keys.same_as(same) => {
+            let old = before.get(tc.id.as_str()).copied();
+            let tenant = match old {
+                Some(same) if Arc::ptr_eq(&same.config, tc) && keys.same_as(same) => {
                     adopt_health(same, &mut health);
                     same.clone()
                 }
@@ -136,7 +132,7 @@ impl Snapshot {
                     tc,
                     keys,
                     &mut health,
-                    previous.map(|p| &p.health),
+                    previous.map(|p| (&p.health, old)),
                 )),
             };
             tenants.push(tenant);
@@ -258,11 +254,13 @@ impl TenantKeys {
     }
 }
 
+/// Compiles one tenant. `previous` is the last generation's health registry and, if the
+/// tenant existed, its compiled form: its pools' passive verdicts carry over.
 fn build_tenant(
     tc: &Arc<TenantConfig>,
     keys: TenantKeys,
     health: &mut HealthRegistry,
-    previous: Option<&HealthRegistry>,
+    previous: Option<(&HealthRegistry, Option<&Arc<Tenant>>)>,
 ) -> Tenant {
     let pools: Vec<Arc<Pool>> = tc
         .pools
@@ -278,12 +276,16 @@ fn build_tenant(
             };
             let user = format!("{}/{}", tc.id, pc.name);
             let ca = keys.pool_cas.get(i).cloned().flatten();
+            let old_pool = previous
+                .and_then(|(_, t)| t)
+                .and_then(|t| t.pools.iter().find(|p| *p.name == *pc.name));
             Arc::new(Pool::build(pc, ca, thresholds, |addr| {
                 let key = HealthKey {
                     addr,
                     check: pc.health.clone(),
                 };
-                health.state_for(key, user.clone(), previous)
+                let state = health.state_for(key, user.clone(), previous.map(|(h, _)| h));
+                (state.clone(), passive_for(old_pool, addr, &state))
             }))
         })
         .collect();
@@ -317,6 +319,19 @@ fn build_tenant(
             .and_then(|v| HeaderValue::from_str(v).ok()),
         metrics: OnceLock::new(),
     }
+}
+
+/// The pool's passive verdict on `addr` from the last generation, if the backend is still
+/// checked the same way (the verdict counts that check's probes); else a clean one.
+fn passive_for(
+    old: Option<&Arc<Pool>>,
+    addr: SocketAddr,
+    state: &Arc<BackendState>,
+) -> Arc<PassiveState> {
+    old.and_then(|p| p.backends.iter().find(|b| b.addr == addr))
+        .filter(|b| Arc::ptr_eq(&b.state, state))
+        .map(|b| b.passive.clone())
+        .unwrap_or_default()
 }
 
 fn prepare(resp: &StaticResponse) -> PreparedResponse {

@@ -186,3 +186,59 @@ async fn a_post_that_may_have_reached_a_backend_is_not_resent() {
     assert_eq!(requests.load(Ordering::SeqCst), 1);
     assert_eq!(a.hits(), 0, "the POST must not be sent a second time");
 }
+
+/// Passive verdicts are per pool: one tenant's timeouts against a shared backend (a slow
+/// endpoint, a tight `read_timeout`) take it out of that tenant's pool only.
+#[tokio::test]
+async fn one_tenants_timeouts_do_not_eject_a_backend_another_tenant_shares() {
+    let shared = Backend::start("shared").await;
+    let cfg = ConfigDir::new("watch = false");
+    let impatient_pool =
+        "read_timeout = \"200ms\"\nretries = 0\npassive = { failures = 2, cooldown = \"1m\" }";
+    let impatient_file = |extra: &str| {
+        one_pool_tenant(
+            "impatient",
+            &["impatient.test"],
+            &[shared.addr],
+            &format!("{impatient_pool}\n{extra}"),
+        )
+    };
+    cfg.tenant("impatient.toml", &impatient_file("")).tenant(
+        "calm.toml",
+        &one_pool_tenant("calm", &["calm.test"], &[shared.addr], ""),
+    );
+    let proxy = Proxy::start(&cfg);
+    let c = client();
+    let mut impatient = Vec::new();
+    for _ in 0..3 {
+        impatient.push(get(&c, &proxy, "impatient.test", "/hold").await.status);
+    }
+    shared.release();
+    assert_eq!(
+        impatient,
+        [504, 504, 503],
+        "taken out of the impatient pool"
+    );
+    let calm = get(&c, &proxy, "calm.test", "/").await;
+    assert_eq!(
+        (calm.status, calm.backend.as_deref()),
+        (200, Some("shared")),
+        "the other tenant's pool still uses the backend"
+    );
+    // An edit of the tenant's file rebuilds its pool: the verdict carries over.
+    cfg.tenant("impatient.toml", &impatient_file("# edited"));
+    let r: serde_json::Value = c
+        .post(proxy.admin_url("/-/reload"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["result"], "applied", "{r}");
+    assert_eq!(
+        get(&c, &proxy, "impatient.test", "/").await.status,
+        503,
+        "still out of the impatient pool after a reload"
+    );
+}

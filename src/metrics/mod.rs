@@ -369,7 +369,7 @@ impl Metrics {
                     if label == OTHER_TENANTS {
                         continue;
                     }
-                    let up = i64::from(b.state.is_usable(now));
+                    let up = i64::from(b.is_usable(now));
                     self.backend_up
                         .with_label_values(&[label.as_str(), &pool.name, &b.label])
                         .set(up);

@@ -209,14 +209,9 @@ impl ProxyHttp for Porteiro {
             m.connect_errors.inc();
         }
         if let Some(pool) = &ctx.pool {
-            // A failed TLS handshake says more about this pool's TLS settings (ca_file, sni)
-            // than about the backend, which other tenants may reach fine: it must not eject it.
-            if !matches!(
-                e.etype(),
-                ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert
-            ) {
-                self.passive_failure(ctx, &e);
-            }
+            // Counted against this pool only: a failed TLS handshake (this pool's ca_file or
+            // sni) takes the backend out of this pool, never out of another tenant's.
+            self.passive_failure(ctx, &e);
             if ctx.tried.len() <= pool.retries as usize {
                 e.set_retry(true);
             }
@@ -332,7 +327,7 @@ impl ProxyHttp for Porteiro {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         if let (Some(pool), Some(&i)) = (&ctx.pool, ctx.tried.last()) {
-            pool.backends[i].state.record_passive_success();
+            pool.backends[i].passive.record_success();
         }
         if let (Some(c), 304) = (ctx.cache.as_mut(), resp.status.as_u16()) {
             c.got_304 = true;
@@ -479,13 +474,10 @@ impl Porteiro {
             return;
         };
         let backend = &pool.backends[i];
-        if backend
-            .state
-            .record_passive_failure(&pool.thresholds, now_ms())
-        {
+        if backend.record_failure(&pool.thresholds, now_ms()) {
             tracing::warn!(
                 tenant = ctx.tenant_id(), pool = %pool.name, backend = %backend.label, error = %e,
-                "backend taken out after consecutive failures"
+                "backend taken out of the pool after consecutive failures"
             );
         }
     }

@@ -272,7 +272,7 @@ mod tests {
         let mut before = HealthRegistry::default();
         let state = before.state_for(key(5), "t/p".into(), None);
         state.record_probe(true, &th());
-        assert!(state.is_usable(0));
+        assert!(state.is_healthy());
 
         let mut after = HealthRegistry::default();
         let edited = after.state_for(key(10), "t/p".into(), Some(&before));
@@ -280,11 +280,11 @@ mod tests {
             !Arc::ptr_eq(&state, &edited),
             "a new check gets its own state"
         );
-        assert!(edited.is_usable(0), "still serving after the edit");
+        assert!(edited.is_healthy(), "still serving after the edit");
         assert!(!edited.was_probed());
         edited.record_probe(false, &th());
         assert!(
-            !edited.is_usable(0),
+            !edited.is_healthy(),
             "the new check's first probe decides alone"
         );
 
@@ -292,13 +292,13 @@ mod tests {
         let mut again = HealthRegistry::default();
         assert!(!again
             .state_for(key(20), "t/p".into(), Some(&after))
-            .is_usable(0));
+            .is_healthy());
         // A backend never seen before waits for its first probe.
         let mut other = HealthRegistry::default();
         let mut fresh = key(5);
         fresh.addr = "192.0.2.2:80".parse().unwrap();
         assert!(!other
             .state_for(fresh, "t/p".into(), Some(&before))
-            .is_usable(0));
+            .is_healthy());
     }
 }

@@ -6,4 +6,4 @@ pub mod probe;
 pub mod state;
 
 pub use pool::{Backend, Pool};
-pub use state::{now_ms, BackendState, InflightGuard, Thresholds};
+pub use state::{now_ms, BackendState, InflightGuard, PassiveState, Thresholds};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::config::model::{Balance, CaBundle, HashKey, PoolConfig};
 
 use super::balance::{Candidates, Selector};
-use super::state::{BackendState, Thresholds};
+use super::state::{BackendState, PassiveState, Thresholds};
 
 #[derive(Debug)]
 pub struct Backend {
@@ -17,11 +17,24 @@ pub struct Backend {
     pub label: Arc<str>,
     pub weight: u32,
     pub state: Arc<BackendState>,
+    /// This pool's own passive verdict on the backend.
+    pub passive: Arc<PassiveState>,
     /// `porteiro_backend_selected_total` for this tenant, pool and backend, on first use.
     selected: std::sync::OnceLock<Option<prometheus::IntCounter>>,
 }
 
 impl Backend {
+    /// Whether this pool may send the backend a request now.
+    pub fn is_usable(&self, now_ms: u64) -> bool {
+        self.state.is_healthy() && !self.passive.is_out(&self.state, now_ms)
+    }
+
+    /// A passive failure (connect error, timeout); true when it took the backend out of
+    /// this pool.
+    pub fn record_failure(&self, t: &Thresholds, now_ms: u64) -> bool {
+        self.passive.record_failure(&self.state, t, now_ms)
+    }
+
     pub fn selected(&self, tenant: &str, pool: &str) -> Option<&prometheus::IntCounter> {
         self.selected
             .get_or_init(|| crate::metrics::get().backend_selected(tenant, pool, &self.label))
@@ -62,12 +75,13 @@ pub struct PoolTls {
 }
 
 impl Pool {
-    /// Builds a pool; `state_for` supplies each backend's shared state (reused across reloads).
+    /// Builds a pool; `state_for` supplies each backend's shared state and this pool's
+    /// passive verdict on it (both reused across reloads).
     pub fn build(
         cfg: &PoolConfig,
         ca: Option<Arc<CaBundle>>,
         thresholds: Thresholds,
-        mut state_for: impl FnMut(SocketAddr) -> Arc<BackendState>,
+        mut state_for: impl FnMut(SocketAddr) -> (Arc<BackendState>, Arc<PassiveState>),
     ) -> Self {
         let weights: Vec<u32> = cfg.backends.iter().map(|b| b.weight).collect();
         let names: Vec<String> = cfg.backends.iter().map(|b| b.addr.to_string()).collect();
@@ -83,12 +97,16 @@ impl Pool {
             .backends
             .iter()
             .zip(names)
-            .map(|(b, name)| Backend {
-                addr: b.addr,
-                label: name.into(),
-                weight: b.weight,
-                state: state_for(b.addr),
-                selected: std::sync::OnceLock::new(),
+            .map(|(b, name)| {
+                let (state, passive) = state_for(b.addr);
+                Backend {
+                    addr: b.addr,
+                    label: name.into(),
+                    weight: b.weight,
+                    state,
+                    passive,
+                    selected: std::sync::OnceLock::new(),
+                }
             })
             .collect();
         Self {
@@ -130,7 +148,7 @@ impl Pool {
 
     /// Whether any backend could take a request now; for the "no healthy backend" answer.
     pub fn any_usable(&self, now_ms: u64) -> bool {
-        self.backends.iter().any(|b| b.state.is_usable(now_ms))
+        self.backends.iter().any(|b| b.is_usable(now_ms))
     }
 }
 
@@ -148,7 +166,7 @@ impl Candidates for View<'_> {
         self.pool.backends[i].weight
     }
     fn usable(&self, i: usize) -> bool {
-        !self.tried.contains(&i) && self.pool.backends[i].state.is_usable(self.now_ms)
+        !self.tried.contains(&i) && self.pool.backends[i].is_usable(self.now_ms)
     }
     fn inflight(&self, i: usize) -> u32 {
         self.pool.backends[i].state.inflight()

@@ -1,6 +1,10 @@
-//! Live state of one backend: health verdict, failure streaks and in-flight requests.
-//! Shared (via `Arc`) by every pool that names the same backend with the same health check,
-//! and carried from one config generation to the next so a reload forgets nothing.
+//! Live state of one backend: its active health verdict and in-flight requests, shared (via
+//! `Arc`) by every pool that names the same backend with the same health check; and each
+//! pool's own passive verdict on it. Both are carried from one config generation to the next
+//! so a reload forgets nothing.
+//!
+//! Passive failures are kept per pool: one tenant's timeouts (a slow endpoint, a pool with a
+//! short `read_timeout`) say nothing about how the backend serves another tenant's pool.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
@@ -35,9 +39,8 @@ pub struct BackendState {
     probed: AtomicBool,
     active_fails: AtomicU32,
     active_oks: AtomicU32,
-    passive_fails: AtomicU32,
-    /// While `now_ms() < down_until`, the backend sits out after passive failures.
-    down_until: AtomicU64,
+    /// Probes passed so far: a pool's passive ejection ends after enough of them.
+    passed_probes: AtomicU64,
     inflight: AtomicU32,
 }
 
@@ -56,33 +59,28 @@ impl BackendState {
             probed: AtomicBool::new(false),
             active_fails: AtomicU32::new(0),
             active_oks: AtomicU32::new(0),
-            passive_fails: AtomicU32::new(0),
-            down_until: AtomicU64::new(0),
+            passed_probes: AtomicU64::new(0),
             inflight: AtomicU32::new(0),
         }
     }
 
     /// A fresh state for a backend whose active check changed: it starts with the verdict
-    /// `before` had (usable or not, passive ejection included) and unprobed, so the new
-    /// check's first probe decides alone.
+    /// `before` had and unprobed, so the new check's first probe decides alone.
     pub fn seeded(actively_checked: bool, before: &BackendState) -> Self {
         let state = Self::new(actively_checked);
         if actively_checked {
             state.healthy.store(before.healthy.load(Relaxed), Relaxed);
         }
         state
-            .down_until
-            .store(before.down_until.load(Relaxed), Relaxed);
-        state
     }
 
-    /// Whether the balancer may pick this backend now.
-    pub fn is_usable(&self, now_ms: u64) -> bool {
-        self.healthy.load(Relaxed) && now_ms >= self.down_until.load(Relaxed)
-    }
-
+    /// The active verdict (always true for a backend without an active check).
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Relaxed)
+    }
+
+    fn passed_probes(&self) -> u64 {
+        self.passed_probes.load(Relaxed)
     }
 
     pub fn was_probed(&self) -> bool {
@@ -105,11 +103,10 @@ impl BackendState {
         let first = !self.probed.swap(true, Relaxed);
         let was = self.healthy.load(Relaxed);
         if passed {
+            self.passed_probes.fetch_add(1, Relaxed);
             self.active_fails.store(0, Relaxed);
             let oks = self.active_oks.fetch_add(1, Relaxed).saturating_add(1);
             if !was && (first || oks >= t.healthy_after) {
-                self.passive_fails.store(0, Relaxed);
-                self.down_until.store(0, Relaxed);
                 self.healthy.store(true, Relaxed);
                 return Transition::BecameHealthy;
             }
@@ -123,30 +120,54 @@ impl BackendState {
         }
         Transition::None
     }
+}
+
+/// One pool's passive verdict on one of its backends.
+#[derive(Debug, Default)]
+pub struct PassiveState {
+    fails: AtomicU32,
+    /// Without an active check: the backend sits out while `now_ms() < down_until`.
+    down_until: AtomicU64,
+    /// With an active check: it sits out until the backend has passed this many probes in
+    /// all (0: not out).
+    back_at_probe: AtomicU64,
+}
+
+impl PassiveState {
+    /// Whether this pool keeps `backend` out now after passive failures.
+    pub fn is_out(&self, backend: &BackendState, now_ms: u64) -> bool {
+        let back_at = self.back_at_probe.load(Relaxed);
+        now_ms < self.down_until.load(Relaxed)
+            || (back_at != 0 && backend.passed_probes() < back_at)
+    }
 
     /// A connect failure or timeout seen while proxying; counted at once, without waiting for
-    /// the next probe. Returns true when this failure took the backend out.
-    pub fn record_passive_failure(&self, t: &Thresholds, now_ms: u64) -> bool {
-        let fails = self.passive_fails.fetch_add(1, Relaxed).saturating_add(1);
+    /// the next probe. After `passive_failures` in a row the pool takes the backend out: until
+    /// `healthy_after` more probes pass, or without an active check for the cooldown. Returns
+    /// true when this failure took it out.
+    pub fn record_failure(&self, backend: &BackendState, t: &Thresholds, now_ms: u64) -> bool {
+        let fails = self.fails.fetch_add(1, Relaxed).saturating_add(1);
         if fails < t.passive_failures {
             return false;
         }
+        let was_out = self.is_out(backend, now_ms);
+        // A new streak is needed to take it out again once it is back.
+        self.fails.store(0, Relaxed);
         if t.actively_checked {
-            self.active_oks.store(0, Relaxed);
-            self.healthy.swap(false, Relaxed)
+            let back_at = backend.passed_probes() + u64::from(t.healthy_after.max(1));
+            self.back_at_probe.store(back_at, Relaxed);
         } else {
-            let was_down = now_ms < self.down_until.load(Relaxed);
             self.down_until
                 .store(now_ms + t.passive_cooldown_ms, Relaxed);
-            !was_down
         }
+        !was_out
     }
 
     /// The backend answered; a streak of passive failures is broken.
-    pub fn record_passive_success(&self) {
+    pub fn record_success(&self) {
         // Read first: an unconditional store would bounce the cache line on every request.
-        if self.passive_fails.load(Relaxed) != 0 {
-            self.passive_fails.store(0, Relaxed);
+        if self.fails.load(Relaxed) != 0 {
+            self.fails.store(0, Relaxed);
         }
     }
 }
@@ -179,9 +200,9 @@ mod tests {
     #[test]
     fn actively_checked_backend_waits_for_its_first_probe() {
         let s = BackendState::new(true);
-        assert!(!s.is_usable(10));
+        assert!(!s.is_healthy());
         assert_eq!(s.record_probe(true, &t(true)), Transition::BecameHealthy);
-        assert!(s.is_usable(10));
+        assert!(s.is_healthy());
     }
 
     #[test]
@@ -192,7 +213,7 @@ mod tests {
         assert_eq!(s.record_probe(false, &th), Transition::None);
         assert_eq!(s.record_probe(false, &th), Transition::None);
         assert_eq!(s.record_probe(false, &th), Transition::BecameUnhealthy);
-        assert!(!s.is_usable(10));
+        assert!(!s.is_healthy());
         assert_eq!(s.record_probe(true, &th), Transition::None);
         assert_eq!(s.record_probe(true, &th), Transition::BecameHealthy);
     }
@@ -200,26 +221,43 @@ mod tests {
     #[test]
     fn passive_failures_eject_for_a_cooldown_without_active_checks() {
         let th = t(false);
-        let s = BackendState::new(false);
-        assert!(!s.record_passive_failure(&th, 100));
-        assert!(s.record_passive_failure(&th, 100));
-        assert!(!s.is_usable(500));
-        assert!(s.is_usable(1100));
-        s.record_passive_success();
-        assert!(!s.record_passive_failure(&th, 1200));
+        let (s, p) = (BackendState::new(false), PassiveState::default());
+        assert!(!p.record_failure(&s, &th, 100));
+        assert!(p.record_failure(&s, &th, 100));
+        assert!(p.is_out(&s, 500));
+        assert!(!p.is_out(&s, 1100));
+        assert!(!p.record_failure(&s, &th, 1200), "a new streak is needed");
+        p.record_success();
+        assert!(!p.record_failure(&s, &th, 1200));
     }
 
     #[test]
     fn passive_failures_hand_over_to_the_active_check() {
         let th = t(true);
+        let (s, p) = (BackendState::new(true), PassiveState::default());
+        s.record_probe(true, &th);
+        p.record_failure(&s, &th, 1);
+        assert!(p.record_failure(&s, &th, 1));
+        assert!(p.is_out(&s, 1_000_000));
+        s.record_probe(true, &th);
+        assert!(
+            p.is_out(&s, 1_000_000),
+            "healthy_after (2) probes must pass"
+        );
+        s.record_probe(true, &th);
+        assert!(!p.is_out(&s, 2));
+    }
+
+    #[test]
+    fn one_pools_failures_leave_another_pools_verdict_alone() {
+        let th = t(true);
         let s = BackendState::new(true);
         s.record_probe(true, &th);
-        s.record_passive_failure(&th, 1);
-        assert!(s.record_passive_failure(&th, 1));
-        assert!(!s.is_usable(1_000_000));
-        s.record_probe(true, &th);
-        assert_eq!(s.record_probe(true, &th), Transition::BecameHealthy);
-        assert!(s.is_usable(2));
+        let (mine, theirs) = (PassiveState::default(), PassiveState::default());
+        mine.record_failure(&s, &th, 1);
+        assert!(mine.record_failure(&s, &th, 1));
+        assert!(mine.is_out(&s, 1));
+        assert!(!theirs.is_out(&s, 1) && s.is_healthy());
     }
 
     #[test]
