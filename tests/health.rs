@@ -149,6 +149,12 @@ async fn unreachable_backends_answer_502_then_503_once_ejected() {
 
 /// A backend that reads a request and closes the connection without answering.
 async fn black_hole() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    dropper(false).await
+}
+
+/// A backend that reads a request, then closes the connection without answering: with a
+/// reset (RST) when `reset`, else an orderly close.
+async fn dropper(reset: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let requests = Arc::new(AtomicUsize::new(0));
@@ -158,6 +164,9 @@ async fn black_hole() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
             let mut buf = [0u8; 4096];
             if matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
                 count.fetch_add(1, Ordering::SeqCst);
+            }
+            if reset {
+                let _ = s.set_linger(Some(Duration::ZERO));
             }
         }
     });
@@ -185,6 +194,40 @@ async fn a_post_that_may_have_reached_a_backend_is_not_resent() {
     assert_eq!(r.status, 502, "{}", r.body);
     assert_eq!(requests.load(Ordering::SeqCst), 1);
     assert_eq!(a.hits(), 0, "the POST must not be sent a second time");
+}
+
+/// A GET whose new backend connection is reset or closed before any byte of answer goes to
+/// the next backend while `retries` last (as nginx does), and no further.
+#[tokio::test]
+async fn a_get_dropped_unanswered_is_retried_on_another_backend() {
+    for reset in [true, false] {
+        let (hole, requests) = dropper(reset).await;
+        let a = Backend::start("a").await;
+        let cfg = ConfigDir::new("");
+        cfg.tenant(
+            "t.toml",
+            &one_pool_tenant("t", &["t.test"], &[hole, a.addr], "retries = 1"),
+        )
+        .tenant(
+            "strict.toml",
+            &one_pool_tenant("strict", &["strict.test"], &[hole, a.addr], "retries = 0"),
+        );
+        let proxy = Proxy::start(&cfg);
+        let c = client();
+        // Round robin starts with the first backend: the dropper.
+        let r = get(&c, &proxy, "t.test", "/catalogue").await;
+        assert_eq!(
+            (r.status, r.backend.as_deref()),
+            (200, Some("a")),
+            "reset={reset}: {}",
+            r.body
+        );
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        let strict = get(&c, &proxy, "strict.test", "/catalogue").await;
+        assert_eq!(strict.status, 502, "reset={reset}: no retry budget");
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+        assert_eq!(a.hits(), 1);
+    }
 }
 
 /// Passive verdicts are per pool: one tenant's timeouts against a shared backend (a slow

@@ -219,9 +219,8 @@ impl ProxyHttp for Porteiro {
         e.more_context(format!("Peer: {peer}"))
     }
 
-    /// Failure after connecting: the backend's timeouts count against it; a retry happens
-    /// only for idempotent requests on a reused connection (pingora's rule), never for a POST
-    /// that may have reached the backend.
+    /// Failure after connecting: the backend's timeouts count against it. Only idempotent
+    /// requests are ever sent again, never a POST that may have reached the backend.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -245,11 +244,28 @@ impl ProxyHttp for Porteiro {
             self.passive_failure(ctx, &e);
         }
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if ctx.client_stalled
-            || !session.req_header().method.is_idempotent()
-            || session.as_ref().retry_buffer_truncated()
-        {
+        let resendable = !ctx.client_stalled
+            && session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        let dropped_unanswered = e.esource() == &ErrorSource::Upstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+            && ctx.upstream_elapsed.is_none();
+        if !resendable {
             e.set_retry(false);
+        } else if dropped_unanswered && client_reused {
+            // A pooled connection the backend had already closed: not the backend's fault,
+            // and the backend may be chosen again, on a new connection.
+            ctx.tried.pop();
+            e.set_retry(true);
+        } else if dropped_unanswered {
+            // A new connection reset or closed before any byte of answer: as nginx does,
+            // another backend gets the request while the pool's `retries` last.
+            self.passive_failure(ctx, &e);
+            let budget = ctx.pool.as_ref().map_or(0, |p| p.retries as usize);
+            e.set_retry(ctx.tried.len() <= budget);
         } else {
             e.retry.decide_reuse(client_reused);
         }
