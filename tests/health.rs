@@ -166,7 +166,7 @@ async fn dropper(reset: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
                 count.fetch_add(1, Ordering::SeqCst);
             }
             if reset {
-                let _ = s.set_linger(Some(Duration::ZERO));
+                let _ = s.set_zero_linger();
             }
         }
     });
