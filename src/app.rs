@@ -53,7 +53,12 @@ pub struct Prepared {
 
 /// Loads and validates the configuration, checks the listeners, builds the server.
 pub fn prepare(config_file: &Path, opts: &RunOptions) -> Result<Prepared, StartError> {
-    let config = config::load(config_file).map_err(StartError::Config)?;
+    // A tenant file with errors is refused alone: one tenant's mistake (or lapsed
+    // certificate) must not keep every other tenant offline.
+    let mut cache = config::ParseCache::default();
+    let config =
+        config::load_isolating(config_file, &mut cache, None).map_err(StartError::Config)?;
+    crate::reload::report_faults(&config);
     if !opts.upgrade {
         // pingora panics deep inside a service when a bind fails; check first for one clear line.
         let s = &config.server;
@@ -68,7 +73,7 @@ pub fn prepare(config_file: &Path, opts: &RunOptions) -> Result<Prepared, StartE
     crate::metrics::get().set_counting(config.server.metrics_enabled);
     crate::cache::configure(&config);
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&config, 1, None)));
-    let reloader = Arc::new(Reloader::new(config_file, &config, snapshot.clone()));
+    let reloader = Arc::new(Reloader::new(config_file, &config, cache, snapshot.clone()));
     let server = build_server(&config, snapshot.clone(), reloader.clone(), opts)?;
     Ok(Prepared {
         server,

@@ -24,20 +24,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// Exit 1 for any error. Tenant files with errors are listed as `run` would treat them:
+/// refused alone while the other tenants serve. Warnings (an expired certificate) do not fail.
 fn check(path: &std::path::Path) -> ExitCode {
-    match porteiro::config::load(path) {
-        Ok(config) => {
-            let c = Snapshot::build(&config, 0, None).counts();
-            println!(
-                "porteiro: {} is valid: {} tenants, {} hosts, {} pools, {} backends",
-                path.display(),
-                c.tenants,
-                c.hosts,
-                c.pools,
-                c.backends
-            );
-            ExitCode::SUCCESS
-        }
+    let loaded = porteiro::config::load_isolating(path, &mut Default::default(), None);
+    let config = match loaded {
+        Ok(config) => config,
         Err(errors) => {
             for e in &errors.0 {
                 eprintln!("error: {e}");
@@ -47,9 +39,37 @@ fn check(path: &std::path::Path) -> ExitCode {
                 path.display(),
                 errors.0.len()
             );
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
     }
+    let c = Snapshot::build(&config, 0, None).counts();
+    if config.faults.is_empty() {
+        println!(
+            "porteiro: {} is valid: {} tenants, {} hosts, {} pools, {} backends",
+            path.display(),
+            c.tenants,
+            c.hosts,
+            c.pools,
+            c.backends
+        );
+        return ExitCode::SUCCESS;
+    }
+    let errors: Vec<_> = config.faults.iter().flat_map(|f| &f.errors).collect();
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    eprintln!(
+        "porteiro: {} has {} error(s) in {} tenant file(s): `run` would refuse those files \
+         (a file keeps its last good version while porteiro runs) and serve the {} other tenants",
+        path.display(),
+        errors.len(),
+        config.faults.len(),
+        c.tenants
+    );
+    ExitCode::FAILURE
 }
 
 fn run(path: &std::path::Path, upgrade: bool) -> ExitCode {

@@ -95,15 +95,18 @@ async fn a_tenants_directory_swapped_in_whole_is_followed() {
 
 #[tokio::test]
 async fn a_broken_edit_keeps_the_old_routing_and_reports_the_error() {
-    let a = Backend::start("a").await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let cfg = ConfigDir::new("");
     cfg.tenant(
         "one.toml",
         &one_pool_tenant("one", &["one.test"], &[a.addr], ""),
+    )
+    .tenant(
+        "two.toml",
+        &one_pool_tenant("two", &["two.test"], &[a.addr], ""),
     );
     let proxy = Proxy::start(&cfg);
     let c = client();
-    let generation = proxy.config_status().await["generation"].as_u64().unwrap();
 
     // A half-written file: invalid TOML, then a valid key with a typo.
     std::fs::write(
@@ -112,36 +115,57 @@ async fn a_broken_edit_keeps_the_old_routing_and_reports_the_error() {
     )
     .unwrap();
     eventually(WAIT, "the error is reported", || async {
-        !proxy.config_status().await["last_error"].is_null()
+        proxy.config_status().await["tenant_errors"][0]["errors"][0]["key"] == ""
     })
     .await;
     std::fs::write(
         cfg.tenant_path("one.toml"),
-        one_pool_tenant("one", &["one.test"], &[a.addr], "balanse = \"random\""),
+        one_pool_tenant("one", &["one.test"], &[b.addr], "balanse = \"random\""),
     )
     .unwrap();
+    // Meanwhile another tenant's edit applies: one tenant's mistake holds nobody else back.
+    cfg.tenant(
+        "two.toml",
+        &one_pool_tenant("two", &["two.test"], &[b.addr], ""),
+    );
     eventually(WAIT, "the typo is reported", || async {
-        proxy.config_status().await["last_error"]["errors"][0]["key"] == "pools.web.balanse"
+        proxy.config_status().await["tenant_errors"][0]["errors"][0]["key"] == "pools.web.balanse"
+    })
+    .await;
+    eventually(WAIT, "the other tenant's edit applies", || async {
+        status_of(&c, &proxy, "two.test").await == (200, Some("b".into()))
     })
     .await;
     let status = proxy.config_status().await;
-    assert_eq!(
-        status["generation"].as_u64().unwrap(),
-        generation,
-        "nothing was applied: {status}"
+    let refused = &status["tenant_errors"][0];
+    assert!(
+        refused["file"].as_str().unwrap().ends_with("one.toml"),
+        "{status}"
     );
-    assert!(status["last_error"]["errors"][0]["file"]
-        .as_str()
-        .unwrap()
-        .ends_with("one.toml"));
+    assert_eq!(refused["serving_last_good"], "one", "{status}");
+    assert!(
+        status["last_error"].is_null(),
+        "the reload itself applied: {status}"
+    );
     for _ in 0..5 {
         assert_eq!(
             status_of(&c, &proxy, "one.test").await,
             (200, Some("a".into())),
-            "old routing keeps serving"
+            "the last good version keeps serving"
         );
     }
-    assert!(proxy.logs().contains("reload refused"), "{}", proxy.logs());
+    assert!(
+        proxy
+            .logs()
+            .contains("tenant file refused; its last good version keeps serving"),
+        "{}",
+        proxy.logs()
+    );
+    let text = proxy.scrape().await;
+    assert!(
+        text.contains("porteiro_config_refused_tenant_files 1"),
+        "{text}"
+    );
 
     // Fixed: applied, and the error is cleared.
     std::fs::write(
@@ -153,7 +177,35 @@ async fn a_broken_edit_keeps_the_old_routing_and_reports_the_error() {
         status_of(&c, &proxy, "uno.test").await.0 == 200
     })
     .await;
-    assert!(proxy.config_status().await["last_error"].is_null());
+    let status = proxy.config_status().await;
+    assert_eq!(status["tenant_errors"], serde_json::json!([]), "{status}");
+}
+
+/// Main-file errors still refuse the whole reload: they concern every tenant.
+#[tokio::test]
+async fn a_broken_main_file_refuses_the_reload() {
+    let a = Backend::start("a").await;
+    let cfg = ConfigDir::new("");
+    cfg.tenant(
+        "one.toml",
+        &one_pool_tenant("one", &["one.test"], &[a.addr], ""),
+    );
+    let proxy = Proxy::start(&cfg);
+    let c = client();
+    let generation = proxy.config_status().await["generation"].as_u64().unwrap();
+    cfg.append_main("[server.oops]\n");
+    eventually(WAIT, "the error is reported", || async {
+        !proxy.config_status().await["last_error"].is_null()
+    })
+    .await;
+    let status = proxy.config_status().await;
+    assert_eq!(
+        status["generation"].as_u64().unwrap(),
+        generation,
+        "{status}"
+    );
+    assert_eq!(status_of(&c, &proxy, "one.test").await.0, 200);
+    assert!(proxy.logs().contains("reload refused"), "{}", proxy.logs());
 }
 
 #[tokio::test]
@@ -213,9 +265,20 @@ async fn sighup_and_the_admin_endpoint_reload() {
 
     cfg.tenant("one.toml", "id = \"one\"\n");
     let resp = c.post(proxy.admin_url("/-/reload")).send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 422);
+    assert_eq!(resp.status().as_u16(), 200);
     let r: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(r["errors"][0]["key"], "hosts", "{r}");
+    assert_eq!(r["result"], "partial", "{r}");
+    assert_eq!(r["tenant_errors"][0]["errors"][0]["key"], "hosts", "{r}");
+
+    cfg.append_main("nonsense = 1\n");
+    let resp = c.post(proxy.admin_url("/-/reload")).send().await.unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        422,
+        "a main file error refuses the reload"
+    );
+    let r: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(r["result"], "failed", "{r}");
 }
 
 fn unsafe_kill(pid: i32, signal: i32) {

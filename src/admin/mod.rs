@@ -98,9 +98,20 @@ impl Admin {
     async fn reload(&self) -> (StatusCode, serde_json::Value) {
         let outcome = self.reloader.reload_in_background(Trigger::Admin).await;
         match outcome {
-            Some(Outcome::Applied { generation }) => (
+            Some(Outcome::Applied {
+                generation,
+                refused,
+            }) if refused.is_empty() => (
                 StatusCode::OK,
                 json!({"result": "applied", "generation": generation}),
+            ),
+            // Every other file applied; these serve their last good version, or nothing.
+            Some(Outcome::Applied {
+                generation,
+                refused,
+            }) => (
+                StatusCode::OK,
+                json!({"result": "partial", "generation": generation, "tenant_errors": refused}),
             ),
             Some(Outcome::Unchanged { generation }) => (
                 StatusCode::OK,

@@ -127,14 +127,7 @@ fn an_unreadable_tenant_file_is_its_own_error() {
         .map(|e| (e.file.clone(), e.key.as_str()))
         .collect();
     // The unreadable file is named, and the others are still checked.
-    assert_eq!(
-        got,
-        vec![
-            (t.join("bin.toml"), ""),
-            (t.join("c.toml"), ""),
-            (t.join("c.toml"), "hosts[0]"),
-        ]
-    );
+    assert_eq!(got, vec![(t.join("bin.toml"), ""), (t.join("c.toml"), "")]);
     assert!(errs.0[0].reason.starts_with("cannot read: "), "{errs}");
 }
 

@@ -1,6 +1,8 @@
 //! Configuration: TOML files -> validated model. Every error is collected with its file, key
-//! path and reason; a config with any error is refused whole.
+//! path and reason. A strict load (`check`) refuses a config with any error; the loads that
+//! serve refuse only a tenant file with errors, unless the main file has some.
 
+mod assemble;
 mod backends;
 mod cache;
 mod clients;
@@ -21,7 +23,7 @@ use std::time::SystemTime;
 
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
-use model::{Config, HostPattern};
+use model::{Config, HostPattern, TenantConfig};
 
 use crate::hash::{stable_hash, StableHasher};
 
@@ -78,6 +80,32 @@ impl ParseCache {
 
 /// `load`, reusing (and refreshing) `cache` for tenant files whose bytes did not change.
 pub fn load_cached(main_file: &Path, cache: &mut ParseCache) -> Result<Config, ConfigErrors> {
+    load_with(main_file, cache, Isolation::Strict)
+}
+
+/// What `run` and reloads use: only the main file's errors refuse the configuration. A tenant
+/// file with errors is left out (its last version in `last_good` keeps serving, if there is
+/// one) and listed in `Config::faults`.
+pub fn load_isolating(
+    main_file: &Path,
+    cache: &mut ParseCache,
+    last_good: Option<&Config>,
+) -> Result<Config, ConfigErrors> {
+    load_with(main_file, cache, Isolation::PerTenant(last_good))
+}
+
+/// Whether one tenant's errors refuse everything (`check`) or that tenant only.
+#[derive(Clone, Copy)]
+enum Isolation<'a> {
+    Strict,
+    PerTenant(Option<&'a Config>),
+}
+
+fn load_with(
+    main_file: &Path,
+    cache: &mut ParseCache,
+    isolation: Isolation,
+) -> Result<Config, ConfigErrors> {
     let mut errs = ConfigErrors::default();
     let main_text = match std::fs::read_to_string(main_file) {
         Ok(t) => t,
@@ -87,7 +115,8 @@ pub fn load_cached(main_file: &Path, cache: &mut ParseCache) -> Result<Config, C
         }
     };
     let dir = tenants_dir(main_file, &main_text);
-    let tenant_files = match read_tenant_files(&dir, main_file, &mut errs) {
+    let mut unreadable = ConfigErrors::default();
+    let tenant_files = match read_tenant_files(&dir, main_file, &mut unreadable) {
         Ok(files) => files,
         Err(e) => {
             errs.push(
@@ -98,7 +127,13 @@ pub fn load_cached(main_file: &Path, cache: &mut ParseCache) -> Result<Config, C
             Vec::new()
         }
     };
-    match parse_cached(main_file, &main_text, &tenant_files, cache) {
+    let input = Input {
+        main_file,
+        main_text: &main_text,
+        tenant_files: &tenant_files,
+        unreadable: unreadable.0,
+    };
+    match assemble_config(input, cache, isolation) {
         Ok(config) if errs.is_empty() => Ok(config),
         Ok(_) => Err(errs),
         Err(more) => {
@@ -114,20 +149,55 @@ pub fn parse(
     main_text: &str,
     tenant_files: &[(PathBuf, String)],
 ) -> Result<Config, ConfigErrors> {
-    parse_cached(
+    let input = Input {
         main_file,
         main_text,
         tenant_files,
-        &mut ParseCache::default(),
-    )
+        unreadable: Vec::new(),
+    };
+    assemble_config(input, &mut ParseCache::default(), Isolation::Strict)
 }
 
-fn parse_cached(
+/// `parse` as `load_isolating` does it: tenant files with errors are refused alone.
+pub fn parse_isolating(
     main_file: &Path,
     main_text: &str,
     tenant_files: &[(PathBuf, String)],
-    cache: &mut ParseCache,
+    last_good: Option<&Config>,
 ) -> Result<Config, ConfigErrors> {
+    let input = Input {
+        main_file,
+        main_text,
+        tenant_files,
+        unreadable: Vec::new(),
+    };
+    assemble_config(
+        input,
+        &mut ParseCache::default(),
+        Isolation::PerTenant(last_good),
+    )
+}
+
+/// The files of one load.
+struct Input<'a> {
+    main_file: &'a Path,
+    main_text: &'a str,
+    tenant_files: &'a [(PathBuf, String)],
+    /// Tenant files that could not be read, one error each.
+    unreadable: Vec<ConfigError>,
+}
+
+fn assemble_config(
+    input: Input,
+    cache: &mut ParseCache,
+    isolation: Isolation,
+) -> Result<Config, ConfigErrors> {
+    let Input {
+        main_file,
+        main_text,
+        tenant_files,
+        unreadable,
+    } = input;
     let mut errs = ConfigErrors::default();
     let mut server = match main_text.parse::<toml::Table>() {
         Ok(table) => server::parse(main_file, &table, &mut errs),
@@ -141,82 +211,97 @@ fn parse_cached(
 
     let mut files: Vec<&(PathBuf, String)> = tenant_files.iter().collect();
     files.sort_by(|a, b| a.0.cmp(&b.0));
-    // Parse (or take from the cache) every file first, then check across files by borrowing
-    // from the parsed files: 100,000 tenants must not mean 200,000 cloned strings per reload.
     let parsed: Vec<Arc<ParsedFile>> = files
         .iter()
         .map(|(path, text)| cache.get_or_parse(path, text))
         .collect();
-    let mut tenants = Vec::with_capacity(files.len());
-    let mut ids: HashMap<&str, usize> = HashMap::with_capacity(files.len());
-    let mut claimed: HashMap<&HostPattern, usize> = HashMap::with_capacity(files.len() * 2);
-    for (n, file) in parsed.iter().enumerate() {
-        let path = &files[n].0;
-        errs.0.extend(file.errors.iter().cloned());
-        let Some(tenant) = &file.tenant else {
-            continue;
-        };
-        if let Some(id) = &tenant.id {
-            match ids.get(id.as_str()) {
-                Some(&first) => errs.push(
-                    path,
-                    "id",
-                    format!(
-                        "tenant id `{id}` is already used by {}",
-                        files[first].0.display()
-                    ),
-                ),
-                None => {
-                    ids.insert(id, n);
-                }
-            }
-        }
-        for (i, pattern) in &tenant.hosts {
-            match claimed.get(pattern) {
-                Some(&first) => {
-                    let other = parsed[first]
-                        .tenant
-                        .as_ref()
-                        .and_then(|t| t.id.as_deref())
-                        .unwrap_or("(no id)");
-                    errs.push(
-                        path,
-                        format!("hosts[{i}]"),
-                        format!(
-                            "`{}` is already claimed by tenant `{other}` in {}",
-                            pattern_text(pattern),
-                            files[first].0.display()
-                        ),
-                    );
-                }
-                None => {
-                    claimed.insert(pattern, n);
-                }
-            }
-        }
-        tenants.push(tenant.tenant.clone());
-    }
     // Forget files that are gone, so the cache never outgrows the directory.
     let present: std::collections::HashSet<&Path> =
         files.iter().map(|(p, _)| p.as_path()).collect();
     cache
         .tenants
         .retain(|path, _| present.contains(path.as_path()));
+
+    // Key material for every tenant file that parsed, valid or not: every error shows at once.
+    let readable: Vec<Arc<TenantConfig>> = parsed
+        .iter()
+        .filter_map(|f| Some(f.tenant.as_ref()?.tenant.clone()))
+        .collect();
     let base = main_file.parent().unwrap_or(Path::new("."));
-    let loaded = tls_keys::MaterialLoader::new(base, &mut cache.material, SystemTime::now())
-        .load(main_file, &server, &tenants, &mut errs);
-    if !errs.is_empty() {
+    let mut material_errs = ConfigErrors::default();
+    let loaded = tls_keys::MaterialLoader::new(base, &mut cache.material, SystemTime::now()).load(
+        main_file,
+        &server,
+        &readable,
+        &mut material_errs,
+    );
+    let mut file_errs: HashMap<PathBuf, Vec<ConfigError>> = HashMap::new();
+    for e in material_errs.0.into_iter().chain(unreadable) {
+        if e.file == main_file {
+            errs.0.push(e);
+        } else {
+            file_errs.entry(e.file.clone()).or_default().push(e);
+        }
+    }
+
+    let mut material = loaded.material;
+    let mut certs = std::mem::take(&mut material.tenant_certs).into_iter();
+    let mut cas = std::mem::take(&mut material.pool_cas).into_iter();
+    let mut offers = Vec::with_capacity(parsed.len() + file_errs.len());
+    for (n, file) in parsed.iter().enumerate() {
+        let path = files[n].0.clone();
+        let valid = match &file.tenant {
+            Some(t) => {
+                // Parallel to `readable`.
+                let compiled = assemble::Compiled {
+                    tenant: t.tenant.clone(),
+                    cert: certs.next().flatten(),
+                    cas: cas.next().unwrap_or_default(),
+                };
+                let mut errors = file.errors.clone();
+                errors.extend(file_errs.remove(&path).unwrap_or_default());
+                if errors.is_empty() {
+                    Ok(compiled)
+                } else {
+                    Err(errors)
+                }
+            }
+            None => Err(file.errors.clone()),
+        };
+        offers.push(assemble::Offer { path, valid });
+    }
+    // Files that could not be read at all.
+    let mut unread: Vec<_> = file_errs.into_iter().collect();
+    unread.sort_by(|a, b| a.0.cmp(&b.0));
+    offers.extend(unread.into_iter().map(|(path, errors)| assemble::Offer {
+        path,
+        valid: Err(errors),
+    }));
+    offers.sort_by(|a, b| a.path.cmp(&b.path));
+    let last_good = match isolation {
+        Isolation::Strict => None,
+        Isolation::PerTenant(last_good) => last_good,
+    };
+    let assembled = assemble::assemble(offers, last_good);
+    let strict = matches!(isolation, Isolation::Strict);
+    if !errs.is_empty() || (strict && !assembled.faults.is_empty()) {
+        errs.0
+            .extend(assembled.faults.into_iter().flat_map(|f| f.errors));
         return Err(errs);
     }
+    material.tenant_certs = assembled.material.tenant_certs;
+    material.pool_cas = assembled.material.pool_cas;
     let mut sources = vec![main_file.to_path_buf()];
     sources.extend(files.iter().map(|(p, _)| p.clone()));
     sources.extend(loaded.files.iter().map(|(p, _)| p.clone()));
     Ok(Config {
         server,
-        tenants,
+        tenants: assembled.tenants,
         sources,
         digest: digest(main_file, main_text, &files, &loaded.files),
-        material: loaded.material,
+        material,
+        faults: assembled.faults,
+        warnings: loaded.warnings.0,
     })
 }
 
@@ -360,6 +445,8 @@ fn digest(
     format!("{:016x}", h.finish())
 }
 
+#[cfg(test)]
+mod assemble_tests;
 #[cfg(test)]
 mod load_tests;
 #[cfg(test)]

@@ -11,6 +11,8 @@ use ipnet::IpNet;
 
 pub use crate::tls::{CaBundle, LoadedCert};
 
+use super::error::ConfigError;
+
 /// The whole configuration: server settings plus every tenant, in file-name order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -23,6 +25,19 @@ pub struct Config {
     pub digest: String,
     /// Certificates and CA bundles read from the files the configuration names.
     pub material: Material,
+    /// Tenant files refused on their own (the rest applies); empty in a strict load.
+    pub faults: Vec<TenantFault>,
+    /// What is served although wrong (expired certificates): worth a log line, not a refusal.
+    pub warnings: Vec<ConfigError>,
+}
+
+/// A tenant file refused on its own while the rest of the configuration applies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantFault {
+    pub file: PathBuf,
+    pub errors: Vec<ConfigError>,
+    /// The tenant whose last good version keeps serving in its place; `None`: not served.
+    pub kept: Option<String>,
 }
 
 /// Key material loaded (and checked) while loading the configuration, shared by `Arc` so an

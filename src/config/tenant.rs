@@ -57,11 +57,8 @@ const PASSIVE_KEYS: &[&str] = &["failures", "cooldown"];
 const ROUTE_KEYS: &[&str] = &["path_prefix", "pool", "respond", "match_case", "cache"];
 const RESPOND_KEYS: &[&str] = &["status", "body", "headers"];
 
-/// A tenant as far as it could be read. `hosts` keeps each pattern's index in the file for
-/// cross-tenant error messages; `id` is `None` when missing or invalid.
+/// A tenant as far as it could be read (only used when its file has no errors).
 pub struct ParsedTenant {
-    pub id: Option<String>,
-    pub hosts: Vec<(usize, HostPattern)>,
     pub tenant: Arc<TenantConfig>,
 }
 
@@ -113,7 +110,7 @@ pub fn parse(file: &Path, table: &Table, errs: &mut ConfigErrors) -> ParsedTenan
         .map(|t| super::cache::parse_tenant(file, t, errs));
     f.finish(errs);
     let tenant = Arc::new(TenantConfig {
-        id: id.clone().unwrap_or_default(),
+        id: id.unwrap_or_default(),
         file: file.to_path_buf(),
         hosts: hosts.iter().map(|(_, h)| h.clone()).collect(),
         pools: pools.into_iter().map(|(_, p)| p).collect(),
@@ -126,7 +123,7 @@ pub fn parse(file: &Path, table: &Table, errs: &mut ConfigErrors) -> ParsedTenan
         allow_path_parameters,
         cache,
     });
-    ParsedTenant { id, hosts, tenant }
+    ParsedTenant { tenant }
 }
 
 fn parse_hosts(f: &Fields, errs: &mut ConfigErrors) -> Vec<(usize, HostPattern)> {

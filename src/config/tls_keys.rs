@@ -54,6 +54,8 @@ pub struct LoadedMaterial {
     pub material: Material,
     /// Every file read, with a hash of its bytes: for the digest and the watched sources.
     pub files: Vec<(PathBuf, u64)>,
+    /// Certificates served although outside their validity (expired, not yet valid).
+    pub warnings: ConfigErrors,
 }
 
 pub struct MaterialLoader<'a> {
@@ -63,6 +65,7 @@ pub struct MaterialLoader<'a> {
     files: Vec<(PathBuf, u64)>,
     used_certs: Vec<(PathBuf, PathBuf)>,
     used_cas: Vec<PathBuf>,
+    warnings: ConfigErrors,
 }
 
 impl<'a> MaterialLoader<'a> {
@@ -75,6 +78,7 @@ impl<'a> MaterialLoader<'a> {
             files: Vec::new(),
             used_certs: Vec::new(),
             used_cas: Vec::new(),
+            warnings: ConfigErrors::default(),
         }
     }
 
@@ -132,6 +136,7 @@ impl<'a> MaterialLoader<'a> {
         LoadedMaterial {
             material,
             files: self.files,
+            warnings: self.warnings,
         }
     }
 
@@ -189,9 +194,11 @@ impl<'a> MaterialLoader<'a> {
                 }
             },
         };
+        // An expired certificate still beats none: refusing it would turn a lapse into an
+        // outage for the tenant (or, at start-up, for everyone). It is served with a warning,
+        // and porteiro_certificate_expiry_timestamp_seconds says so to the alerts.
         if let Err(reason) = cert.check_validity(self.now) {
-            errs.push(file, format!("{key}.cert"), reason);
-            return None;
+            self.warnings.push(file, format!("{key}.cert"), reason);
         }
         Some(cert)
     }

@@ -75,6 +75,7 @@ pub struct Metrics {
     last_success: Gauge,
     /// Tenants, hosts, pools, backends.
     config_counts: [IntGauge; 4],
+    refused_tenant_files: IntGauge,
     pub tls_handshakes: IntCounter,
     tls_failures: IntCounterVec,
     cert_expiry: GaugeVec,
@@ -150,6 +151,7 @@ impl Metrics {
                 gauge(&r, &format!("porteiro_config_{kind}"), &format!("Configured {kind} in the configuration serving now."), &[])
                     .with_label_values(&[] as &[&str])
             }),
+            refused_tenant_files: gauge(&r, "porteiro_config_refused_tenant_files", "Tenant files refused for errors in the configuration serving now (each keeps its last good version, if any; see /-/config).", &[]).with_label_values(&[] as &[&str]),
             tls_handshakes: counter(&r, "porteiro_tls_handshakes_total", "Completed TLS handshakes.", &[]).with_label_values(&[] as &[&str]),
             tls_failures: counter(&r, "porteiro_tls_handshake_failures_total", "TLS handshakes refused by porteiro, by reason.", &["reason"]),
             cert_expiry: {
@@ -309,6 +311,10 @@ impl Metrics {
 
     pub fn reload(&self, result: &str) {
         self.reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn set_refused_tenant_files(&self, n: usize) {
+        self.refused_tenant_files.set(n as i64);
     }
 
     pub fn tls_refused(&self, reason: &str) {

@@ -42,6 +42,8 @@ impl Trigger {
 pub enum Outcome {
     Applied {
         generation: u64,
+        /// Tenant files refused on their own (also in `Status::tenant_errors`).
+        refused: Vec<RefusedFile>,
     },
     /// The files are byte for byte what is already serving.
     Unchanged {
@@ -50,11 +52,30 @@ pub enum Outcome {
     Failed(ConfigErrors),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ErrorReport {
     pub file: String,
     pub key: String,
     pub reason: String,
+}
+
+/// A tenant file refused for its errors while every other file applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedFile {
+    pub file: String,
+    /// The tenant whose last good version serves in its place; null: the file serves nothing.
+    pub serving_last_good: Option<String>,
+    pub errors: Vec<ErrorReport>,
+}
+
+impl ErrorReport {
+    fn of(e: &config::ConfigError) -> Self {
+        Self {
+            file: e.file.display().to_string(),
+            key: e.key.clone(),
+            reason: e.reason.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,6 +108,10 @@ pub struct Status {
     pub reloads: ReloadCounts,
     /// The last failed reload, cleared when a later reload succeeds.
     pub last_error: Option<FailedReload>,
+    /// Tenant files refused on their own in the configuration serving now.
+    pub tenant_errors: Vec<RefusedFile>,
+    /// What serves although wrong (an expired certificate).
+    pub warnings: Vec<ErrorReport>,
     /// Settings changed in the files that only a restart (or graceful upgrade) applies.
     pub restart_required: Vec<String>,
 }
@@ -99,6 +124,8 @@ struct State {
     status: Status,
     /// Parsed tenant files of the last load, so a reload re-parses only what changed.
     cache: config::ParseCache,
+    /// The configuration serving now: a refused tenant file keeps its version from here.
+    last_good: Config,
 }
 
 pub struct Reloader {
@@ -110,8 +137,14 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Wraps the configuration the process started with (generation 1, already in `snapshot`).
-    pub fn new(main_file: &Path, config: &Config, snapshot: Arc<SharedSnapshot>) -> Self {
+    /// Wraps the configuration the process started with (generation 1, already in `snapshot`)
+    /// and the parse cache that loaded it.
+    pub fn new(
+        main_file: &Path,
+        config: &Config,
+        cache: config::ParseCache,
+        snapshot: Arc<SharedSnapshot>,
+    ) -> Self {
         let status = status_for(&snapshot.load(), config, ReloadCounts::default());
         Self {
             main_file: main_file.to_path_buf(),
@@ -121,7 +154,8 @@ impl Reloader {
                 started_with: config.server.clone(),
                 current: config.server.clone(),
                 status,
-                cache: config::ParseCache::default(),
+                cache,
+                last_good: config.clone(),
             }),
         }
     }
@@ -131,8 +165,10 @@ impl Reloader {
     pub fn reload(&self, trigger: Trigger) -> Outcome {
         let mut state = self.lock();
         let started = Instant::now();
-        let loaded = config::load_cached(&self.main_file, &mut state.cache)
-            .and_then(|c| admin_token_rule(&state.started_with, c));
+        let state = &mut *state;
+        let loaded =
+            config::load_isolating(&self.main_file, &mut state.cache, Some(&state.last_good))
+                .and_then(|c| admin_token_rule(&state.started_with, c));
         let config = match loaded {
             Ok(c) => c,
             Err(errors) => {
@@ -149,15 +185,7 @@ impl Reloader {
                 state.status.last_error = Some(FailedReload {
                     at: now_rfc3339(),
                     trigger,
-                    errors: errors
-                        .0
-                        .iter()
-                        .map(|e| ErrorReport {
-                            file: e.file.display().to_string(),
-                            key: e.key.clone(),
-                            reason: e.reason.clone(),
-                        })
-                        .collect(),
+                    errors: errors.0.iter().map(ErrorReport::of).collect(),
                 });
                 return Outcome::Failed(errors);
             }
@@ -171,6 +199,7 @@ impl Reloader {
                 generation: current.generation,
             };
         }
+        report_faults(&config);
         let generation = current.generation + 1;
         let next = Snapshot::build(&config, generation, Some(&current));
         drop(current);
@@ -183,6 +212,7 @@ impl Reloader {
         m.set_max_tenants(config.server.metrics_max_tenants);
         m.set_counting(config.server.metrics_enabled);
         m.retain_tenants(&config.tenants.iter().map(|t| t.id.as_str()).collect());
+        m.set_refused_tenant_files(config.faults.len());
 
         let restart_required = restart_required(&state.started_with, &config.server);
         for key in &restart_required {
@@ -194,8 +224,10 @@ impl Reloader {
         state.status.last_reload_ms = Some(took.as_millis() as u64);
         state.status.restart_required = restart_required;
         state.current = config.server.clone();
+        let refused = state.status.tenant_errors.clone();
         self.admin_token
             .store(config.server.admin_token.clone().map(Arc::new));
+        state.last_good = config;
         let c = self.snapshot.load().counts();
         tracing::info!(
             trigger = trigger.as_str(),
@@ -203,10 +235,14 @@ impl Reloader {
             tenants = c.tenants,
             hosts = c.hosts,
             backends = c.backends,
+            refused_tenant_files = refused.len(),
             took_ms = took.as_millis() as u64,
             "configuration reloaded"
         );
-        Outcome::Applied { generation }
+        Outcome::Applied {
+            generation,
+            refused,
+        }
     }
 
     /// `reload` on a low-priority thread of its own, for async callers.
@@ -342,8 +378,38 @@ fn status_for(snapshot: &Snapshot, config: &Config, reloads: ReloadCounts) -> St
         last_reload_ms: None,
         reloads,
         last_error: None,
+        tenant_errors: config
+            .faults
+            .iter()
+            .map(|f| RefusedFile {
+                file: f.file.display().to_string(),
+                serving_last_good: f.kept.clone(),
+                errors: f.errors.iter().map(ErrorReport::of).collect(),
+            })
+            .collect(),
+        warnings: config.warnings.iter().map(ErrorReport::of).collect(),
         restart_required: Vec::new(),
     }
+}
+
+/// Logs the tenant files refused and the warnings of a configuration about to serve.
+pub fn report_faults(config: &Config) {
+    for f in &config.faults {
+        let file = f.file.display().to_string();
+        match &f.kept {
+            Some(id) => {
+                tracing::error!(file, tenant = %id, "tenant file refused; its last good version keeps serving")
+            }
+            None => tracing::error!(file, "tenant file refused; it serves nothing until fixed"),
+        }
+        for e in &f.errors {
+            tracing::error!("  {e}");
+        }
+    }
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    crate::metrics::get().set_refused_tenant_files(config.faults.len());
 }
 
 fn now_rfc3339() -> String {
