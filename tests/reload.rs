@@ -498,3 +498,47 @@ async fn fifty_reloads_under_load_fail_no_request() {
     assert_eq!(proxy.config_status().await["generation"], 51);
     assert!(a.hits() > 0 && b.hits() > 0);
 }
+
+/// An editor that deletes a file and writes it anew must not take the tenant down: a reload
+/// that finds a serving tenant's file gone looks again before dropping it.
+#[tokio::test]
+async fn a_tenant_file_deleted_and_recreated_during_a_reload_is_not_dropped() {
+    let a = Backend::start("a").await;
+    let cfg = ConfigDir::new("watch = false");
+    let one = one_pool_tenant("one", &["one.test"], &[a.addr], "");
+    cfg.tenant("one.toml", &one);
+    let proxy = Proxy::start(&cfg);
+    let c = client();
+    std::fs::remove_file(cfg.tenant_path("one.toml")).unwrap();
+    // The editor writes the file back 100 ms later, while the reload below runs.
+    let path = cfg.tenant_path("one.toml");
+    let editor = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::fs::write(path, one).unwrap();
+    });
+    let r: serde_json::Value = c
+        .post(proxy.admin_url("/-/reload"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    editor.await.unwrap();
+    assert_eq!(r["result"], "unchanged", "{r}");
+    assert_eq!(status_of(&c, &proxy, "one.test").await.0, 200);
+    assert_eq!(proxy.config_status().await["tenants"], 1);
+
+    // A file really gone is dropped (after the second look).
+    std::fs::remove_file(cfg.tenant_path("one.toml")).unwrap();
+    let r: serde_json::Value = c
+        .post(proxy.admin_url("/-/reload"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["result"], "applied", "{r}");
+    assert_eq!(status_of(&c, &proxy, "one.test").await.0, 404);
+}

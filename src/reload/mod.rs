@@ -166,9 +166,19 @@ impl Reloader {
         let mut state = self.lock();
         let started = Instant::now();
         let state = &mut *state;
-        let loaded =
-            config::load_isolating(&self.main_file, &mut state.cache, Some(&state.last_good))
-                .and_then(|c| admin_token_rule(&state.started_with, c));
+        let mut loaded =
+            config::load_isolating(&self.main_file, &mut state.cache, Some(&state.last_good));
+        if loaded
+            .as_ref()
+            .is_ok_and(|c| lost_tenant_file(&state.last_good, c))
+        {
+            // Editors delete a file and write it anew: a reload that reads the directory in
+            // between would drop the tenant. Look again before dropping anybody.
+            std::thread::sleep(RELIST_PAUSE);
+            loaded =
+                config::load_isolating(&self.main_file, &mut state.cache, Some(&state.last_good));
+        }
+        let loaded = loaded.and_then(|c| admin_token_rule(&state.started_with, c));
         let config = match loaded {
             Ok(c) => c,
             Err(errors) => {
@@ -302,6 +312,19 @@ impl Reloader {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// How long a reload that finds a tenant file gone waits before it reads the directory again.
+const RELIST_PAUSE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Whether a tenant file serving in `before` is missing from `now`.
+fn lost_tenant_file(before: &Config, now: &Config) -> bool {
+    let present: std::collections::HashSet<&Path> =
+        now.sources.iter().map(PathBuf::as_path).collect();
+    before
+        .tenants
+        .iter()
+        .any(|t| !present.contains(t.file.as_path()))
 }
 
 /// The `[server]` keys whose change only a restart applies, by name.
