@@ -225,3 +225,64 @@ async fn sigusr1_reopens_the_access_log_after_rotation() {
         .contains("/before"));
     assert!(!std::fs::read_to_string(&log).unwrap().contains("/before"));
 }
+
+/// Label slots under `max_tenants` go to tenants as their traffic arrives, not by file
+/// order at the first scrape; and series of pools and backends a reload removed go away.
+#[tokio::test]
+async fn label_slots_follow_traffic_and_removed_backends_lose_their_series() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let cfg = ConfigDir::new("watch = false");
+    cfg.append_main("[metrics]\nmax_tenants = 1");
+    cfg.tenant(
+        "t1.toml",
+        &one_pool_tenant("t1", &["t1.test"], &[a.addr], ""),
+    )
+    .tenant(
+        "t2.toml",
+        &one_pool_tenant("t2", &["t2.test"], &[a.addr, b.addr], ""),
+    );
+    let proxy = Proxy::start(&cfg);
+    let c = client();
+    let before = proxy.scrape().await;
+    assert!(
+        !before.contains(r#"tenant="t1""#),
+        "a scrape gave t1 a slot:\n{before}"
+    );
+    for _ in 0..2 {
+        assert_eq!(get(&c, &proxy, "t2.test", "/").await.status, 200);
+    }
+    assert_eq!(get(&c, &proxy, "t1.test", "/").await.status, 200);
+    let text = proxy.scrape().await;
+    let selected = |text: &str, backend: std::net::SocketAddr| {
+        value(
+            text,
+            &format!(
+                r#"porteiro_backend_selected_total{{backend="{backend}",pool="web",tenant="t2"}}"#
+            ),
+        )
+    };
+    assert_eq!(
+        selected(&text, b.addr),
+        Some(1.0),
+        "t2, first with traffic, has the slot:\n{text}"
+    );
+    assert!(
+        text.contains(
+            r#"porteiro_requests_total{method="get",status_class="2xx",tenant="_other"} 1"#
+        ),
+        "{text}"
+    );
+
+    cfg.tenant(
+        "t2.toml",
+        &one_pool_tenant("t2", &["t2.test"], &[a.addr], ""),
+    );
+    proxy.reload().await;
+    let text = proxy.scrape().await;
+    assert_eq!(
+        selected(&text, b.addr),
+        None,
+        "removed backend still has a series:\n{text}"
+    );
+    assert_eq!(selected(&text, a.addr), Some(1.0), "{text}");
+}

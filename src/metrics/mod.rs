@@ -228,8 +228,31 @@ impl Metrics {
         handles
     }
 
-    /// Drops the series of tenants no longer configured, freeing their place under the cap.
-    pub fn retain_tenants(&self, configured: &HashSet<&str>) {
+    /// After a reload: drops the series of tenants no longer configured (freeing their place
+    /// under the cap), and of pools and backends no longer configured for their tenant.
+    pub fn retain(&self, snap: &Snapshot) {
+        let configured: HashSet<&str> = snap.tenants.iter().map(|t| t.id.as_ref()).collect();
+        self.retain_tenants(&configured);
+        let members: HashSet<(&str, &str, &str)> = snap
+            .tenants
+            .iter()
+            .flat_map(|t| {
+                t.pools.iter().flat_map(move |p| {
+                    p.backends
+                        .iter()
+                        .map(move |b| (t.id.as_ref(), p.name.as_ref(), b.label.as_ref()))
+                })
+            })
+            .collect();
+        let configured_member = |labels: &HashMap<&str, &str>| {
+            let get = |k| labels.get(k).copied().unwrap_or("");
+            members.contains(&(get("tenant"), get("pool"), get("backend")))
+        };
+        prune(&self.backend_selected, configured_member);
+        prune(&self.health_failures, configured_member);
+    }
+
+    fn retain_tenants(&self, configured: &HashSet<&str>) {
         let mut tenants = self.lock_tenants();
         let gone: Vec<String> = tenants
             .keys()
@@ -241,6 +264,12 @@ impl Metrics {
                 self.remove_tenant_series(&t);
             }
         }
+    }
+
+    /// The label tenant `id` already has, without giving it one: scrapes and health checks
+    /// must not hand out label slots (in file order); traffic does.
+    fn slot(&self, id: &str) -> Option<String> {
+        self.lock_tenants().get(id).map(|t| t.label.clone())
     }
 
     fn remove_tenant_series(&self, t: &TenantMetrics) {
@@ -270,6 +299,9 @@ impl Metrics {
         }
         let _ = self.cache_evictions.remove_label_values(l);
         let _ = self.cert_expiry.remove_label_values(l);
+        for limit in t.used_limits() {
+            let _ = self.limited.remove_label_values(&[&t.label, limit]);
+        }
     }
 
     /// A counter for one backend of one tenant's pool; `None` for tenants past the cap, whose
@@ -288,20 +320,14 @@ impl Metrics {
             let Some((tenant, pool)) = user.split_once('/') else {
                 continue;
             };
-            let label = self.label_for(tenant);
-            if label != OTHER_TENANTS {
-                self.health_failures
+            match self.slot(tenant) {
+                Some(label) if label != OTHER_TENANTS => self
+                    .health_failures
                     .with_label_values(&[label.as_str(), pool, backend])
-                    .inc();
+                    .inc(),
+                _ => {}
             }
         }
-    }
-
-    pub fn limited(&self, tenant: &str, limit: &str) {
-        let label = self.label_for(tenant);
-        self.limited
-            .with_label_values(&[label.as_str(), limit])
-            .inc();
     }
 
     /// A client connection refused or closed before its request was read (`CLIENT_ERRORS`).
@@ -345,7 +371,7 @@ impl Metrics {
         self.cache_entries.reset();
         // Tenants folded into "_other" add up.
         for (tenant, part) in crate::cache::store().partitions() {
-            let label = self.label_for(&tenant);
+            let label = self.slot(&tenant).unwrap_or_else(|| OTHER_TENANTS.into());
             let l = &[label.as_str()];
             self.cache_bytes
                 .with_label_values(l)
@@ -368,26 +394,34 @@ impl Metrics {
             t.duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64())
         };
+        // Tenants without a label of their own share "_other": the soonest expiry among them.
+        let mut others_expiry: Option<f64> = None;
         for t in &snap.tenants {
-            let label = self.label_for(&t.id);
+            let label = self.slot(&t.id).unwrap_or_else(|| OTHER_TENANTS.into());
+            if let Some(cert) = &t.cert {
+                let expiry = unix(cert.not_after);
+                if label == OTHER_TENANTS {
+                    others_expiry = Some(others_expiry.map_or(expiry, |e| e.min(expiry)));
+                } else {
+                    self.cert_expiry.with_label_values(&[&label]).set(expiry);
+                }
+            }
+            if label == OTHER_TENANTS {
+                continue;
+            }
             for pool in &t.pools {
                 for b in &pool.backends {
-                    if label == OTHER_TENANTS {
-                        continue;
-                    }
                     let up = i64::from(b.is_usable(now));
                     self.backend_up
                         .with_label_values(&[label.as_str(), &pool.name, &b.label])
                         .set(up);
                 }
             }
-            if let Some(cert) = &t.cert {
-                if label != OTHER_TENANTS {
-                    self.cert_expiry
-                        .with_label_values(&[&label])
-                        .set(unix(cert.not_after));
-                }
-            }
+        }
+        if let Some(expiry) = others_expiry {
+            self.cert_expiry
+                .with_label_values(&[OTHER_TENANTS])
+                .set(expiry);
         }
         self.quota_used.reset();
         self.quota_limit.reset();
@@ -395,7 +429,9 @@ impl Metrics {
             let (Some(l), Some(cfg)) = (l, l.as_ref().and_then(|l| l.config.quota)) else {
                 continue;
             };
-            let label = self.label_for(&t.id);
+            let Some(label) = self.slot(&t.id) else {
+                continue;
+            };
             if let (Some(q), true) = (&l.quota, label != OTHER_TENANTS) {
                 let (window, used) = q.snapshot();
                 let current = crate::limits::window(cfg.per, std::time::SystemTime::now()).0;
@@ -423,6 +459,26 @@ impl Metrics {
             .zip([c.tenants, c.hosts, c.pools, c.backends])
         {
             gauge.set(n as i64);
+        }
+    }
+}
+
+/// Removes the series of `vec` whose labels `keep` refuses.
+fn prune<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    keep: impl Fn(&HashMap<&str, &str>) -> bool,
+) {
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|p| (p.name(), p.value()))
+                .collect();
+            if !keep(&labels) {
+                let _ = vec.remove(&labels);
+            }
         }
     }
 }

@@ -13,6 +13,14 @@ pub const METHODS: [&str; 8] = [
 pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 /// `porteiro_cache_requests_total` results.
 pub const CACHE_RESULTS: [&str; 6] = ["hit", "miss", "stale", "revalidated", "bypass", "coalesced"];
+/// `porteiro_limited_requests_total` limits.
+pub const LIMITS: [&str; 5] = [
+    "rate",
+    "per_client_ip",
+    "quota",
+    "max_body",
+    "max_concurrent",
+];
 
 pub fn method_index(method: &http::Method) -> usize {
     match *method {
@@ -50,6 +58,8 @@ pub struct TenantMetrics {
     pub timeouts: IntCounter,
     cache_vec: IntCounterVec,
     cache: [OnceLock<IntCounter>; CACHE_RESULTS.len()],
+    limited_vec: IntCounterVec,
+    limited: [OnceLock<IntCounter>; LIMITS.len()],
 }
 
 impl std::fmt::Debug for TenantMetrics {
@@ -76,6 +86,8 @@ impl TenantMetrics {
             timeouts: m.timeouts.with_label_values(l),
             cache_vec: m.cache_requests.clone(),
             cache: std::array::from_fn(|_| OnceLock::new()),
+            limited_vec: m.limited.clone(),
+            limited: std::array::from_fn(|_| OnceLock::new()),
             label,
         }
     }
@@ -104,6 +116,28 @@ impl TenantMetrics {
                     .with_label_values(&[self.label.as_str(), CACHE_RESULTS[i]])
             })
             .inc();
+    }
+
+    /// A request refused by one of the tenant's limits (one of `LIMITS`). No lock: a flood
+    /// of refusals is exactly when this must stay cheap.
+    pub fn limited(&self, limit: &str) {
+        let Some(i) = LIMITS.iter().position(|l| *l == limit) else {
+            return;
+        };
+        self.limited[i]
+            .get_or_init(|| {
+                self.limited_vec
+                    .with_label_values(&[self.label.as_str(), LIMITS[i]])
+            })
+            .inc();
+    }
+
+    /// The limits this tenant has counted refusals for, for removing its series.
+    pub(super) fn used_limits(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.limited
+            .iter()
+            .zip(LIMITS)
+            .filter_map(|(c, l)| c.get().map(|_| l))
     }
 
     /// The cache results this tenant has counted, for removing its series.

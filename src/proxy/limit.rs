@@ -7,7 +7,6 @@ use pingora::proxy::Session;
 
 use super::{respond, Porteiro, RequestCtx};
 use crate::limits::{self, Limiter, TenantLimiter};
-use crate::metrics;
 
 impl Porteiro {
     /// Asks the tenant's limiter; on success the permit lives in `ctx` until the request ends.
@@ -47,8 +46,8 @@ impl Porteiro {
         ctx: &RequestCtx,
         refusal: limits::Refusal,
     ) -> pingora::Result<bool> {
-        if ctx.metrics.is_some() {
-            metrics::get().limited(ctx.tenant_id(), refusal.limit);
+        if let Some(m) = &ctx.metrics {
+            m.limited(refusal.limit);
         }
         let mut headers = vec![(
             http::header::CONTENT_TYPE,

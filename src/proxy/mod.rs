@@ -285,7 +285,9 @@ impl ProxyHttp for Porteiro {
         if let (Some(max), Some(_)) = (ctx.max_body, body.as_ref()) {
             if session.body_bytes_read() as u64 > max {
                 ctx.refused_by = Some("max_body");
-                metrics::get().limited(ctx.tenant_id(), "max_body");
+                if let Some(m) = &ctx.metrics {
+                    m.limited("max_body");
+                }
                 return Err(Error::explain(
                     ErrorType::HTTPStatus(413),
                     "request body larger than max_body",

@@ -221,7 +221,7 @@ impl Reloader {
         m.reload("applied");
         m.set_max_tenants(config.server.metrics_max_tenants);
         m.set_counting(config.server.metrics_enabled);
-        m.retain_tenants(&config.tenants.iter().map(|t| t.id.as_str()).collect());
+        m.retain(&self.snapshot.load());
         m.set_refused_tenant_files(config.faults.len());
 
         let restart_required = restart_required(&state.started_with, &config.server);

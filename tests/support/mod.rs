@@ -375,6 +375,16 @@ impl Proxy {
             .expect("admin answers");
         r.json().await.expect("status is JSON")
     }
+
+    /// `POST /-/reload`; its answer.
+    pub async fn reload(&self) -> serde_json::Value {
+        let r = client()
+            .post(self.admin_url("/-/reload"))
+            .send()
+            .await
+            .expect("admin answers");
+        r.json().await.expect("reload answer is JSON")
+    }
 }
 
 impl Drop for Proxy {
