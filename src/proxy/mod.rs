@@ -28,7 +28,7 @@ use crate::hash::stable_hash;
 use crate::metrics;
 use crate::snapshot::SharedSnapshot;
 use crate::tls::ClientSni;
-use crate::upstream::now_ms;
+use crate::upstream::{now_ms, Pool};
 
 pub struct Porteiro {
     snapshot: Arc<SharedSnapshot>,
@@ -172,28 +172,7 @@ impl ProxyHttp for Porteiro {
         ctx.upstream_started = Some(std::time::Instant::now());
         ctx.tried.push(index);
         ctx.inflight = Some(backend.state.start_request());
-        let mut peer = match &pool.tls {
-            Some(tls) => {
-                let mut peer = HttpPeer::new(backend.addr, true, tls.sni.clone());
-                peer.options.verify_cert = tls.verify;
-                peer.options.verify_hostname = tls.verify;
-                peer.options.ca = tls.ca.as_ref().map(|ca| ca.certs.clone());
-                // pingora pools connections by address and SNI, not by CA: without this a
-                // connection verified against one pool's CA could serve a pool trusting another.
-                peer.group_key = tls.ca.as_ref().map_or(0, |ca| ca.fingerprint());
-                if tls.http2 {
-                    peer.options.set_http_version(2, 1);
-                }
-                peer
-            }
-            None => HttpPeer::new(backend.addr, false, String::new()),
-        };
-        let t = &pool.timeouts;
-        peer.options.connection_timeout = Some(t.connect);
-        peer.options.read_timeout = Some(t.read);
-        peer.options.write_timeout = Some(t.write);
-        peer.options.idle_timeout = Some(t.idle);
-        Ok(Box::new(peer))
+        Ok(Box::new(peer_for(&pool, backend.addr)))
     }
 
     /// Connect failure: count it against the backend at once, and retry another backend while
@@ -247,28 +226,7 @@ impl ProxyHttp for Porteiro {
         let resendable = !ctx.client_stalled
             && session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated();
-        let dropped_unanswered = e.esource() == &ErrorSource::Upstream
-            && matches!(
-                e.etype(),
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-            )
-            && ctx.upstream_elapsed.is_none();
-        if !resendable {
-            e.set_retry(false);
-        } else if dropped_unanswered && client_reused {
-            // A pooled connection the backend had already closed: not the backend's fault,
-            // and the backend may be chosen again, on a new connection.
-            ctx.tried.pop();
-            e.set_retry(true);
-        } else if dropped_unanswered {
-            // A new connection reset or closed before any byte of answer: as nginx does,
-            // another backend gets the request while the pool's `retries` last.
-            self.passive_failure(ctx, &e);
-            let budget = ctx.pool.as_ref().map_or(0, |p| p.retries as usize);
-            e.set_retry(ctx.tried.len() <= budget);
-        } else {
-            e.retry.decide_reuse(client_reused);
-        }
+        self.decide_retry(&mut e, ctx, resendable, client_reused);
         e
     }
 
@@ -487,6 +445,32 @@ impl Porteiro {
         Ok(true)
     }
 
+    /// Whether a request that failed after connecting goes to a backend again.
+    fn decide_retry(&self, e: &mut Error, ctx: &mut RequestCtx, resendable: bool, reused: bool) {
+        let dropped_unanswered = e.esource() == &ErrorSource::Upstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+            && ctx.upstream_elapsed.is_none();
+        if !resendable {
+            e.set_retry(false);
+        } else if dropped_unanswered && reused {
+            // A pooled connection the backend had already closed: not the backend's fault,
+            // and the backend may be chosen again, on a new connection.
+            ctx.tried.pop();
+            e.set_retry(true);
+        } else if dropped_unanswered {
+            // A new connection reset or closed before any byte of answer: as nginx does,
+            // another backend gets the request while the pool's `retries` last.
+            self.passive_failure(ctx, e);
+            let budget = ctx.pool.as_ref().map_or(0, |p| p.retries as usize);
+            e.set_retry(ctx.tried.len() <= budget);
+        } else {
+            e.retry.decide_reuse(reused);
+        }
+    }
+
     fn passive_failure(&self, ctx: &RequestCtx, e: &Error) {
         let (Some(pool), Some(&i)) = (&ctx.pool, ctx.tried.last()) else {
             return;
@@ -499,6 +483,32 @@ impl Porteiro {
             );
         }
     }
+}
+
+/// The connection settings for one backend of `pool`.
+fn peer_for(pool: &Pool, addr: std::net::SocketAddr) -> HttpPeer {
+    let mut peer = match &pool.tls {
+        Some(tls) => {
+            let mut peer = HttpPeer::new(addr, true, tls.sni.clone());
+            peer.options.verify_cert = tls.verify;
+            peer.options.verify_hostname = tls.verify;
+            peer.options.ca = tls.ca.as_ref().map(|ca| ca.certs.clone());
+            // pingora pools connections by address and SNI, not by CA: without this a
+            // connection verified against one pool's CA could serve a pool trusting another.
+            peer.group_key = tls.ca.as_ref().map_or(0, |ca| ca.fingerprint());
+            if tls.http2 {
+                peer.options.set_http_version(2, 1);
+            }
+            peer
+        }
+        None => HttpPeer::new(addr, false, String::new()),
+    };
+    let t = &pool.timeouts;
+    peer.options.connection_timeout = Some(t.connect);
+    peer.options.read_timeout = Some(t.read);
+    peer.options.write_timeout = Some(t.write);
+    peer.options.idle_timeout = Some(t.idle);
+    peer
 }
 
 /// The status a failed request gets. Backend timeouts are 504 and a client's are 408;

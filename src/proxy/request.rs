@@ -10,7 +10,7 @@ use pingora::proxy::Session;
 use super::{headers, respond, tls_policy, Porteiro, RequestCtx};
 use crate::limits;
 use crate::metrics::{self, InFlight};
-use crate::routing::{inspect_target, BadTarget};
+use crate::routing::{inspect_target, BadTarget, RoutedTarget};
 use crate::snapshot::{PreparedResponse, Route, Snapshot};
 
 pub(super) enum Answer {
@@ -49,22 +49,10 @@ impl Porteiro {
             ctx.in_flight = Some(InFlight::start(&m.in_flight));
             ctx.metrics = Some(m);
         }
-        let is_options = req.method == http::Method::OPTIONS;
-        let target = match inspect_target(is_options, req.raw_path(), req.uri.path()) {
+        let target = match routed_target(req, tenant.config.allow_path_parameters) {
             Ok(target) => target,
-            Err(BadTarget::Form) => {
-                return Answer::Error(400, "the request target must be a path starting with /")
-            }
-            Err(BadTarget::Ambiguous) => {
-                return Answer::Error(
-                    400,
-                    "the path is ambiguous (encoded separators or dot segments)",
-                )
-            }
+            Err(answer) => return answer,
         };
-        if target.has_parameters && !tenant.config.allow_path_parameters {
-            return Answer::Error(400, "this site does not accept ; path parameters");
-        }
         let path = target.route_path(req.uri.path());
         let conn = tls_policy::Connection {
             tls: ctx.tls,
@@ -142,4 +130,34 @@ impl Porteiro {
         }
         Ok(true)
     }
+}
+
+/// The request target in a form routing can trust, or the 400 that refuses it.
+fn routed_target(
+    req: &pingora::http::RequestHeader,
+    allow_path_parameters: bool,
+) -> Result<RoutedTarget, Answer> {
+    let is_options = req.method == http::Method::OPTIONS;
+    let target = match inspect_target(is_options, req.raw_path(), req.uri.path()) {
+        Ok(target) => target,
+        Err(BadTarget::Form) => {
+            return Err(Answer::Error(
+                400,
+                "the request target must be a path starting with /",
+            ))
+        }
+        Err(BadTarget::Ambiguous) => {
+            return Err(Answer::Error(
+                400,
+                "the path is ambiguous (encoded separators or dot segments)",
+            ))
+        }
+    };
+    if target.has_parameters && !allow_path_parameters {
+        return Err(Answer::Error(
+            400,
+            "this site does not accept ; path parameters",
+        ));
+    }
+    Ok(target)
 }
