@@ -3,7 +3,7 @@
 //! noise it measures. Sends STEADY requests/s with Host STEADY_HOST and FLOOD requests/s with
 //! Host FLOOD_HOST; prints latency percentiles and answers by status for each. Loopback only.
 //!
-//!   cargo run --release --example isolation_load -- 127.0.0.1:PORT STEADY_HOST STEADY FLOOD_HOST FLOOD SECONDS
+//!   cargo run --release --example isolation_load -- 127.0.0.1:PORT STEADY_HOST STEADY FLOOD_HOST FLOOD SECONDS [PATH]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -80,7 +80,8 @@ async fn main() {
         .pool_max_idle_per_host(256)
         .build()
         .expect("client");
-    let url = format!("http://{addr}/");
+    let path = args.get(7).map_or("/", String::as_str);
+    let url = format!("http://{addr}{path}");
     let (a, b) = (
         Arc::new(Mutex::new(Tally::default())),
         Arc::new(Mutex::new(Tally::default())),

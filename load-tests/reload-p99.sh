@@ -49,7 +49,10 @@ run_load() {
 echo "--- steady"
 run_load
 
-echo "--- reloading every 2s"
+echo "--- reloading every 2s (then the admin listener's /-/healthy, probed 20 times a second meanwhile)"
+# A liveness probe must never wait for a reload.
+taskset -c 1 "$here/target/release/examples/isolation_load" "127.0.0.1:$ADMIN" healthy 20 "" 0 "$D" /-/healthy > "$W/healthy.log" &
+probe=$!
 (
   # The trigger loop (curl, printf) stays on CPU 1 with the load: on CPU 0 it would delay
   # requests itself.
@@ -66,6 +69,8 @@ echo "--- reloading every 2s"
 reloads=$!
 run_load
 wait "$reloads"
+wait "$probe"
+cat "$W/healthy.log"
 echo "reloads: $(grep -c applied "$W/reloads.log") applied, $(grep -vc applied "$W/reloads.log") not applied"
 curl -s "http://127.0.0.1:$ADMIN/-/config" | grep -E '"generation"|last_reload_ms'
 echo "RSS after reloads $(rss) MiB"
