@@ -13,6 +13,7 @@ pub mod config;
 pub mod conn;
 pub mod hash;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

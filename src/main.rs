@@ -73,12 +73,11 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn run(path: &std::path::Path, upgrade: bool) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
-        )
-        .init();
+    let main_text = std::fs::read_to_string(path).unwrap_or_default();
+    porteiro::logging::init(
+        porteiro::config::log_format_of(&main_text),
+        DEFAULT_LOG_FILTER,
+    );
     app::ignore_hangup_until_handled();
     match app::prepare(path, &RunOptions { upgrade }) {
         Ok(prepared) => {

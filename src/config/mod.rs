@@ -24,6 +24,7 @@ use std::time::SystemTime;
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
 use model::{Config, HostPattern, TenantConfig};
+pub use server::log_format_of;
 
 use crate::hash::{stable_hash, StableHasher};
 

@@ -95,6 +95,8 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// Reload by itself when the main file or a tenant file changes.
     pub watch: bool,
+    /// How porteiro's own log lines are written (restart only).
+    pub log_format: LogFormat,
     /// `[metrics] enabled`: count requests per tenant (the state gauges are served either way).
     pub metrics_enabled: bool,
     /// `[metrics] max_tenants`: tenants with series of their own; the rest share "_other".
@@ -211,6 +213,16 @@ impl Default for ClientLimits {
             drop_underscore_headers: false,
         }
     }
+}
+
+/// `[server] log_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One human-readable line per event (colours only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, for journald and log shippers.
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use toml::Table;
 
 use super::error::ConfigErrors;
 use super::fields::Fields;
-use super::model::{AccessLogConfig, AccessLogTarget, ServerConfig};
+use super::model::{AccessLogConfig, AccessLogTarget, LogFormat, ServerConfig};
 use super::tls_keys::parse_tls_files;
 
 const TOP_KEYS: &[&str] = &["server", "metrics", "access_log", "limits", "cache"];
@@ -30,6 +30,7 @@ pub(super) const SERVER_KEYS: &[&str] = &[
     "admin",
     "admin_token",
     "watch",
+    "log_format",
     "quota_state_file",
     "quota_persist_interval",
     // super::clients
@@ -61,6 +62,7 @@ pub fn defaults() -> ServerConfig {
         admin: Some(SocketAddr::from(([127, 0, 0, 1], 9900))),
         admin_token: None,
         watch: true,
+        log_format: LogFormat::Text,
         metrics_enabled: true,
         metrics_max_tenants: crate::metrics::DEFAULT_MAX_TENANTS,
         access_log: AccessLogConfig {
@@ -197,6 +199,16 @@ pub fn parse(file: &Path, top: &Table, errs: &mut ConfigErrors) -> ServerConfig 
     if let Some(b) = f.bool("watch", errs) {
         s.watch = b;
     }
+    if let Some(v) = f.str("log_format", errs) {
+        match parse_log_format(v) {
+            Some(format) => s.log_format = format,
+            None => errs.push(
+                file,
+                "server.log_format",
+                format!("`{v}` is not one of text, json"),
+            ),
+        }
+    }
     if let Some(p) = f.str("quota_state_file", errs) {
         s.quota_state_file = (!p.is_empty()).then(|| PathBuf::from(p));
     }
@@ -242,6 +254,24 @@ fn parse_cidr(s: &str) -> Option<IpNet> {
         .map(|n| n.trunc())
 }
 
+pub fn parse_log_format(v: &str) -> Option<LogFormat> {
+    match v {
+        "text" => Some(LogFormat::Text),
+        "json" => Some(LogFormat::Json),
+        _ => None,
+    }
+}
+
+/// `[server] log_format` read ahead of the full load, so logging is set up before the load
+/// logs anything; text when the file or the key is unreadable (the load then says why).
+pub fn log_format_of(main_text: &str) -> LogFormat {
+    main_text
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|t| parse_log_format(t.get("server")?.get("log_format")?.as_str()?))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +306,16 @@ mod tests {
         assert!(s.trusted_proxies[1].contains(&"192.0.2.1".parse::<std::net::IpAddr>().unwrap()));
         assert!(s.h2c);
         assert_eq!(s.grace_period, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn log_format_is_read_ahead_and_checked() {
+        assert_eq!(log_format_of("[server]\nlog_format = \"json\"\n"), LogFormat::Json);
+        assert_eq!(log_format_of("not toml ["), LogFormat::Text);
+        let (s, errs) = parse_str("[server]\nlog_format = \"json\"\n");
+        assert!(errs.is_empty() && s.log_format == LogFormat::Json);
+        let (_, errs) = parse_str("[server]\nlog_format = \"xml\"\n");
+        assert_eq!(errs.0[0].key, "server.log_format");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 pub use context::RequestCtx;
@@ -360,13 +360,27 @@ impl ProxyHttp for Porteiro {
         }
     }
 
-    /// Error log: a client that hangs up is not an error worth a log line per connection.
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
-        e.esource() == &ErrorSource::Downstream
-            && matches!(
-                e.etype(),
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-            )
+    /// pingora's own `Fail to proxy` line: `fail_to_proxy` already wrote the one line a failed
+    /// request gets (`request failed`, with tenant, pool, backend, attempts and status), and a
+    /// client's own failure (a hang-up, a stalled upload) is not worth a line at all.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _e: &Error) -> bool {
+        true
+    }
+
+    /// pingora's warning per retried attempt: a debug line of porteiro's own instead, with the
+    /// tenant and backend (`porteiro_upstream_retries_total` counts them).
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+        e: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        tracing::debug!(
+            tenant = ctx.tenant_id(), pool = ctx.pool_name(), backend = ctx.backend_label(),
+            attempts = ctx.tried.len(), error = %e, "attempt failed; retrying"
+        );
+        true
     }
 
     /// Fatal error: answer with a clear status and body (503 no backend, 502 unreachable,

@@ -366,6 +366,7 @@ fn restart_required(started: &ServerConfig, now: &ServerConfig) -> Vec<String> {
         started.graceful_shutdown_timeout != now.graceful_shutdown_timeout,
     );
     check("watch", started.watch != now.watch);
+    check("log_format", started.log_format != now.log_format);
     check("access_log", started.access_log != now.access_log);
     check(
         "quota_state_file",
