@@ -93,8 +93,15 @@ fn build_server(
         threads: s.threads,
         grace_period_seconds: Some(s.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
+        upgrade_sock: s.upgrade_socket.display().to_string(),
         ..ServerConf::default()
     };
+    // pingora binds the socket without creating its directory (and panics when it is missing).
+    if let Some(dir) = s.upgrade_socket.parent() {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot create the upgrade socket's directory; a graceful upgrade will fail");
+        }
+    }
     let opt = Opt {
         upgrade: opts.upgrade,
         ..Opt::default()

@@ -1,4 +1,4 @@
-//! The command line: `porteiro run` and `porteiro check`.
+//! The command line: `porteiro run`, `porteiro check` and `porteiro upgrade`.
 
 use std::path::PathBuf;
 
@@ -27,5 +27,15 @@ pub enum Command {
         /// The main configuration file.
         #[arg(short, long, default_value = "/etc/porteiro/porteiro.toml")]
         config: PathBuf,
+    },
+    /// Replace the running porteiro PID with this binary without closing its listening
+    /// sockets: start `run --upgrade`, wait until it waits for the sockets, then signal PID.
+    Upgrade {
+        /// The main configuration file.
+        #[arg(short, long, default_value = "/etc/porteiro/porteiro.toml")]
+        config: PathBuf,
+        /// The running process to take over from.
+        #[arg(long)]
+        pid: i32,
     },
 }

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config, upgrade } => run(&config, upgrade),
+        Command::Upgrade { config, pid } => upgrade(&config, pid),
     }
 }
 
@@ -70,6 +71,72 @@ fn check(path: &std::path::Path) -> ExitCode {
         c.tenants
     );
     ExitCode::FAILURE
+}
+
+/// The graceful upgrade as one command: nothing happens to the old process unless the new one
+/// has validated its configuration and is waiting for the sockets.
+fn upgrade(path: &std::path::Path, old: i32) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+    let config = match porteiro::config::load_isolating(path, &mut Default::default(), None) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("error: {e}");
+            }
+            eprintln!("porteiro: upgrade not started; process {old} keeps serving");
+            return ExitCode::FAILURE;
+        }
+    };
+    // SAFETY: signal 0 only asks whether the process exists.
+    if old <= 1 || unsafe { libc::kill(old, 0) } != 0 {
+        eprintln!("porteiro: no process {old} to take over from");
+        return ExitCode::FAILURE;
+    }
+    let socket = &config.server.upgrade_socket;
+    let _ = std::fs::remove_file(socket);
+    let exe = std::env::current_exe().unwrap_or_else(|_| "porteiro".into());
+    let child = std::process::Command::new(exe)
+        .args(["run", "--upgrade", "-c"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        // Its own process group: stopping this command must not stop the new server.
+        .process_group(0)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("porteiro: cannot start the new process: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            eprintln!("porteiro: the new process exited ({status}); process {old} keeps serving");
+            return ExitCode::FAILURE;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            eprintln!(
+                "porteiro: the new process never waited on {}; process {old} keeps serving",
+                socket.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: a plain signal to a process id checked above.
+    if unsafe { libc::kill(old, libc::SIGQUIT) } != 0 {
+        let _ = child.kill();
+        eprintln!("porteiro: cannot signal process {old}; the new process was stopped");
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "porteiro: process {} is taking over from {old}, which serves its open requests for grace_period",
+        child.id()
+    );
+    ExitCode::SUCCESS
 }
 
 fn run(path: &std::path::Path, upgrade: bool) -> ExitCode {

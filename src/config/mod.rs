@@ -209,6 +209,7 @@ fn assemble_config(
     };
     server.tenants_dir = resolve_dir(main_file, &server.tenants_dir);
     server.quota_state_file = server.quota_state_file.map(|p| resolve_dir(main_file, &p));
+    server.upgrade_socket = resolve_dir(main_file, &server.upgrade_socket);
 
     let mut files: Vec<&(PathBuf, String)> = tenant_files.iter().collect();
     files.sort_by(|a, b| a.0.cmp(&b.0));

@@ -107,6 +107,8 @@ pub struct ServerConfig {
     pub default_limits: LimitsConfig,
     /// Where quota counts are kept across restarts; `None` keeps them in memory only.
     pub quota_state_file: Option<PathBuf>,
+    /// Where a new process waits for the listening sockets in a graceful upgrade.
+    pub upgrade_socket: PathBuf,
     /// How often quota counts are written (and at graceful shutdown).
     pub quota_persist_interval: Duration,
     /// Timeouts and caps that protect porteiro from its clients.

@@ -33,6 +33,7 @@ pub(super) const SERVER_KEYS: &[&str] = &[
     "log_format",
     "quota_state_file",
     "quota_persist_interval",
+    "upgrade_socket",
     // super::clients
     "header_timeout",
     "keepalive_timeout",
@@ -71,6 +72,7 @@ pub fn defaults() -> ServerConfig {
         },
         default_limits: Default::default(),
         quota_state_file: None,
+        upgrade_socket: PathBuf::from("/run/porteiro/upgrade.sock"),
         quota_persist_interval: Duration::from_secs(10),
         clients: Default::default(),
         cache: Default::default(),
@@ -212,6 +214,13 @@ pub fn parse(file: &Path, top: &Table, errs: &mut ConfigErrors) -> ServerConfig 
     if let Some(p) = f.str("quota_state_file", errs) {
         s.quota_state_file = (!p.is_empty()).then(|| PathBuf::from(p));
     }
+    if let Some(p) = f.str("upgrade_socket", errs) {
+        if p.is_empty() {
+            errs.push(file, "server.upgrade_socket", "needs a path");
+        } else {
+            s.upgrade_socket = PathBuf::from(p);
+        }
+    }
     if let Some(d) = f.duration("quota_persist_interval", errs) {
         s.quota_persist_interval = d;
     }
@@ -310,7 +319,10 @@ mod tests {
 
     #[test]
     fn log_format_is_read_ahead_and_checked() {
-        assert_eq!(log_format_of("[server]\nlog_format = \"json\"\n"), LogFormat::Json);
+        assert_eq!(
+            log_format_of("[server]\nlog_format = \"json\"\n"),
+            LogFormat::Json
+        );
         assert_eq!(log_format_of("not toml ["), LogFormat::Text);
         let (s, errs) = parse_str("[server]\nlog_format = \"json\"\n");
         assert!(errs.is_empty() && s.log_format == LogFormat::Json);

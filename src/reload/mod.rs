@@ -367,6 +367,10 @@ fn restart_required(started: &ServerConfig, now: &ServerConfig) -> Vec<String> {
     );
     check("watch", started.watch != now.watch);
     check("log_format", started.log_format != now.log_format);
+    check(
+        "upgrade_socket",
+        started.upgrade_socket != now.upgrade_socket,
+    );
     check("access_log", started.access_log != now.access_log);
     check(
         "quota_state_file",

@@ -376,6 +376,18 @@ impl Proxy {
         r.json().await.expect("status is JSON")
     }
 
+    /// Waits (bounded) for the process to exit; whether it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// `POST /-/reload`; its answer.
     pub async fn reload(&self) -> serde_json::Value {
         let r = client()

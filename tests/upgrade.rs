@@ -1,0 +1,89 @@
+//! Graceful upgrade: a new process takes the listening sockets over while requests flow, and
+//! not one of them fails.
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_under_load_fails_no_request() {
+    let a = Backend::start("a").await;
+    let cfg = ConfigDir::new("grace_period = \"1s\"\nupgrade_socket = \"run/upgrade.sock\"");
+    cfg.tenant("t.toml", &one_pool_tenant("t", &["t.test"], &[a.addr], ""));
+    let mut old = Proxy::start(&cfg);
+
+    let (stop, sent, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let url = old.url("/");
+    let mut load = Vec::new();
+    // Kept-alive connections and a new connection per request, side by side.
+    for fresh in [false, true] {
+        let (stop, sent, failed, url) = (stop.clone(), sent.clone(), failed.clone(), url.clone());
+        load.push(tokio::spawn(async move {
+            let keep = client();
+            while !stop.load(Ordering::SeqCst) {
+                let c = if fresh { client() } else { keep.clone() };
+                let r = c.get(&url).header("host", "t.test").send().await;
+                sent.fetch_add(1, Ordering::SeqCst);
+                if !matches!(r, Ok(ref r) if r.status() == 200) {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    eprintln!("failed: {r:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The new server inherits the command's output: a file, not a pipe that would stay open.
+    let out_file = cfg.dir.path().join("upgrade.out");
+    let status = tokio::process::Command::new(BIN)
+        .args(["upgrade", "--pid", &old.pid().to_string(), "-c"])
+        .arg(cfg.main_file())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::fs::File::create(cfg.dir.path().join("upgrade.err")).unwrap())
+        .status()
+        .await
+        .unwrap();
+    let stdout = std::fs::read_to_string(&out_file).unwrap();
+    assert!(status.success(), "{stdout}");
+    let new_pid: i32 = stdout
+        .split_whitespace()
+        .nth(2)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in: {stdout}"));
+    let exited = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(15)));
+    // Traffic goes on with the old process gone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    for task in load {
+        task.await.unwrap();
+    }
+    // SAFETY: our own child's child, found above.
+    let alive = unsafe { libc::kill(new_pid, 0) } == 0;
+    unsafe { libc::kill(new_pid, libc::SIGKILL) };
+    assert!(exited, "the old process did not exit:\n{}", old.logs());
+    assert!(alive, "the new process is not running");
+    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    eprintln!("requests during the upgrade: {sent}, failed: {failed}");
+    assert!(sent > 100, "{sent}");
+    assert_eq!(failed, 0, "of {sent} requests");
+}
+
+#[test]
+fn an_upgrade_with_a_broken_main_file_leaves_the_old_process_alone() {
+    let cfg = ConfigDir::new("threads = 0");
+    let out = std::process::Command::new(BIN)
+        .args(["upgrade", "--pid", &std::process::id().to_string(), "-c"])
+        .arg(cfg.main_file())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("keeps serving"));
+}
