@@ -351,4 +351,16 @@ fn the_shipped_examples_are_valid() {
     let c = parse(&main, &read("conf/porteiro.toml"), &files[1..]).unwrap();
     assert_eq!(c.tenants.len(), 1);
     assert_eq!(c.server.tenants_dir, root.join("conf/tenants.d"));
+
+    // The container example (conf/docker/compose.yaml mounts it).
+    let docker = root.join("conf/docker/porteiro.toml");
+    let app = root.join("conf/docker/tenants.d/app.toml");
+    let c = parse(
+        &docker,
+        &read("conf/docker/porteiro.toml"),
+        &[(app, read("conf/docker/tenants.d/app.toml"))],
+    )
+    .unwrap();
+    assert_eq!(c.tenants[0].id, "app");
+    assert_eq!(c.server.log_format, LogFormat::Json);
 }
