@@ -56,9 +56,10 @@ pub fn prepare(config_file: &Path, opts: &RunOptions) -> Result<Prepared, StartE
     // A tenant file with errors is refused alone: one tenant's mistake (or lapsed
     // certificate) must not keep every other tenant offline.
     let mut cache = config::ParseCache::default();
-    let config =
+    let mut config =
         config::load_isolating(config_file, &mut cache, None).map_err(StartError::Config)?;
     crate::reload::report_faults(&config);
+    crate::reload::resolve_names(&mut config, None);
     if !opts.upgrade {
         // pingora panics deep inside a service when a bind fails; check first for one clear line.
         let s = &config.server;
@@ -169,6 +170,10 @@ fn build_server(
         persister.load();
         server.add_service(background_service("quota counts", persister));
     }
+    server.add_service(background_service(
+        "backend names",
+        crate::reload::DnsRefresher::new(reloader.clone()),
+    ));
     if s.watch {
         server.add_service(background_service(
             "config watcher",

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod dns;
 pub mod hash;
 pub mod limits;
 pub mod logging;

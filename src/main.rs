@@ -46,6 +46,17 @@ fn check(path: &std::path::Path) -> ExitCode {
     for w in &config.warnings {
         eprintln!("warning: {w}");
     }
+    // A name that does not resolve now may resolve later (a container not started yet).
+    let names: Vec<String> = porteiro::dns::names_of(&config).into_keys().collect();
+    let mut lookups: Vec<_> = porteiro::dns::lookup_all_blocking(config.server.resolver, &names)
+        .into_iter()
+        .collect();
+    lookups.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, answer) in lookups {
+        if let Err(e) = answer {
+            eprintln!("warning: backend name `{name}` does not resolve now ({e}); porteiro keeps trying while it runs");
+        }
+    }
     let c = Snapshot::build(&config, 0, None).counts();
     if config.faults.is_empty() {
         println!(

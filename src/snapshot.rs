@@ -15,13 +15,14 @@ use ipnet::IpNet;
 use rustls::sign::CertifiedKey;
 
 use crate::config::model::{
-    CaBundle, CacheMemory, ClientLimits, Config, LoadedCert, RouteAction, StaticResponse,
+    CaBundle, CacheMemory, ClientLimits, Config, LoadedCert, Resolved, RouteAction, StaticResponse,
     TenantConfig,
 };
 use crate::limits::TenantLimiter;
 use crate::metrics::TenantMetrics;
 use crate::routing::{HostTable, PathRoutes};
 use crate::upstream::health::{HealthKey, HealthRegistry, HealthTarget};
+use crate::upstream::pool::effective_backends;
 use crate::upstream::{BackendState, PassiveState, Pool, Thresholds};
 
 /// The one place the current snapshot lives.
@@ -124,13 +125,18 @@ impl Snapshot {
             };
             let old = before.get(tc.id.as_str()).copied();
             let tenant = match old {
-                Some(same) if Arc::ptr_eq(&same.config, tc) && keys.same_as(same) => {
+                Some(same)
+                    if Arc::ptr_eq(&same.config, tc)
+                        && keys.same_as(same)
+                        && same_resolution(same, &config.resolved) =>
+                {
                     adopt_health(same, &mut health);
                     same.clone()
                 }
                 _ => Arc::new(build_tenant(
                     tc,
                     keys,
+                    &config.resolved,
                     &mut health,
                     previous.map(|p| (&p.health, old)),
                 )),
@@ -259,6 +265,7 @@ impl TenantKeys {
 fn build_tenant(
     tc: &Arc<TenantConfig>,
     keys: TenantKeys,
+    resolved: &Resolved,
     health: &mut HealthRegistry,
     previous: Option<(&HealthRegistry, Option<&Arc<Tenant>>)>,
 ) -> Tenant {
@@ -279,7 +286,8 @@ fn build_tenant(
             let old_pool = previous
                 .and_then(|(_, t)| t)
                 .and_then(|t| t.pools.iter().find(|p| *p.name == *pc.name));
-            Arc::new(Pool::build(pc, ca, thresholds, |addr| {
+            let backends = effective_backends(pc, resolved);
+            Arc::new(Pool::build(pc, &backends, ca, thresholds, |addr| {
                 let key = HealthKey {
                     addr,
                     check: pc.health.clone(),
@@ -319,6 +327,23 @@ fn build_tenant(
             .and_then(|v| HeaderValue::from_str(v).ok()),
         metrics: OnceLock::new(),
     }
+}
+
+/// Whether `tenant`'s pools were built from the addresses their names resolve to now.
+fn same_resolution(tenant: &Tenant, resolved: &Resolved) -> bool {
+    tenant
+        .pools
+        .iter()
+        .zip(&tenant.config.pools)
+        .filter(|(_, pc)| !pc.names.is_empty())
+        .all(|(pool, pc)| {
+            let now = effective_backends(pc, resolved);
+            now.len() == pool.backends.len()
+                && now
+                    .iter()
+                    .zip(&pool.backends)
+                    .all(|(a, b)| a.addr == b.addr)
+        })
 }
 
 /// The pool's passive verdict on `addr` from the last generation, if the backend is still

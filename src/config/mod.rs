@@ -304,6 +304,7 @@ fn assemble_config(
         material,
         faults: assembled.faults,
         warnings: loaded.warnings.0,
+        resolved: Default::default(),
     })
 }
 

@@ -25,11 +25,16 @@ pub struct Config {
     pub digest: String,
     /// Certificates and CA bundles read from the files the configuration names.
     pub material: Material,
+    /// The addresses DNS names in pools resolve to now (filled in after loading).
+    pub resolved: Arc<Resolved>,
     /// Tenant files refused on their own (the rest applies); empty in a strict load.
     pub faults: Vec<TenantFault>,
     /// What is served although wrong (expired certificates): worth a log line, not a refusal.
     pub warnings: Vec<ConfigError>,
 }
+
+/// Host name -> its addresses, as last resolved. A name absent here has never resolved.
+pub type Resolved = std::collections::HashMap<String, Vec<std::net::IpAddr>>;
 
 /// A tenant file refused on its own while the rest of the configuration applies.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,6 +114,8 @@ pub struct ServerConfig {
     pub quota_state_file: Option<PathBuf>,
     /// Where a new process waits for the listening sockets in a graceful upgrade.
     pub upgrade_socket: PathBuf,
+    /// The DNS server for backend names; `None`: the system's (`/etc/resolv.conf`, `/etc/hosts`).
+    pub resolver: Option<SocketAddr>,
     /// How often quota counts are written (and at graceful shutdown).
     pub quota_persist_interval: Duration,
     /// Timeouts and caps that protect porteiro from its clients.
@@ -329,7 +336,12 @@ pub enum HostPattern {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     pub name: String,
+    /// Backends given by address.
     pub backends: Vec<BackendConfig>,
+    /// Backends given by DNS name, resolved in the background.
+    pub names: Vec<NamedBackend>,
+    /// How often names are resolved again (sooner when the records' TTL runs out first).
+    pub dns_refresh: Duration,
     pub balance: Balance,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -355,6 +367,15 @@ pub struct PoolConfig {
 pub struct BackendConfig {
     pub addr: SocketAddr,
     /// Relative share of traffic, 1..=1000.
+    pub weight: u32,
+}
+
+/// A backend named by DNS: every address the name resolves to is a backend of the pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NamedBackend {
+    pub host: String,
+    pub port: u16,
+    /// Weight of each address the name resolves to.
     pub weight: u32,
 }
 

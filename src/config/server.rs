@@ -34,6 +34,7 @@ pub(super) const SERVER_KEYS: &[&str] = &[
     "quota_state_file",
     "quota_persist_interval",
     "upgrade_socket",
+    "resolver",
     // super::clients
     "header_timeout",
     "keepalive_timeout",
@@ -73,6 +74,7 @@ pub fn defaults() -> ServerConfig {
         default_limits: Default::default(),
         quota_state_file: None,
         upgrade_socket: PathBuf::from("/run/porteiro/upgrade.sock"),
+        resolver: None,
         quota_persist_interval: Duration::from_secs(10),
         clients: Default::default(),
         cache: Default::default(),
@@ -219,6 +221,12 @@ pub fn parse(file: &Path, top: &Table, errs: &mut ConfigErrors) -> ServerConfig 
             errs.push(file, "server.upgrade_socket", "needs a path");
         } else {
             s.upgrade_socket = PathBuf::from(p);
+        }
+    }
+    if let Some(v) = f.str("resolver", errs) {
+        match v.parse::<SocketAddr>() {
+            Ok(addr) => s.resolver = Some(addr),
+            Err(_) => errs.push(file, "server.resolver", format!("`{v}` must be IP:port")),
         }
     }
     if let Some(d) = f.duration("quota_persist_interval", errs) {

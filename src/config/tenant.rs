@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
-use super::backends::{parse_backend, parse_hash_key};
+use super::backends::{parse_backend, parse_hash_key, Backend};
 use super::error::ConfigErrors;
 use super::fields::Fields;
 use super::model::*;
@@ -43,6 +43,7 @@ const POOL_KEYS: &[&str] = &[
     "ca_file",
     "insecure_skip_verify",
     "http2",
+    "dns_refresh",
 ];
 const HEALTH_KEYS: &[&str] = &[
     "path",
@@ -213,6 +214,8 @@ fn parse_pool(
     let mut pool = PoolConfig {
         name: name.to_string(),
         backends: Vec::new(),
+        names: Vec::new(),
+        dns_refresh: Duration::from_secs(5),
         balance: Balance::RoundRobin,
         connect_timeout: Duration::from_secs(2),
         read_timeout: Duration::from_secs(30),
@@ -237,12 +240,21 @@ fn parse_pool(
             }
             for (i, v) in list.iter().enumerate() {
                 let bkey = format!("{key}.backends[{i}]");
-                if let Some(b) = parse_backend(file, &bkey, v, errs) {
-                    if pool.backends.iter().any(|x| x.addr == b.addr) {
+                match parse_backend(file, &bkey, v, errs) {
+                    Some(Backend::Addr(b)) if pool.backends.iter().any(|x| x.addr == b.addr) => {
                         errs.push(file, bkey, format!("{} is listed twice", b.addr));
-                    } else {
-                        pool.backends.push(b);
                     }
+                    Some(Backend::Addr(b)) => pool.backends.push(b),
+                    Some(Backend::Name(n))
+                        if pool
+                            .names
+                            .iter()
+                            .any(|x| x.host == n.host && x.port == n.port) =>
+                    {
+                        errs.push(file, bkey, format!("{}:{} is listed twice", n.host, n.port));
+                    }
+                    Some(Backend::Name(n)) => pool.names.push(n),
+                    None => {}
                 }
             }
         }
@@ -312,6 +324,13 @@ fn parse_pool(
     }
     if let Some(t) = f.table("health", errs) {
         pool.health = parse_health(file, &f.path("health"), t, probe_host, errs);
+    }
+    if let Some(d) = f.duration("dns_refresh", errs) {
+        if d < Duration::from_millis(100) || d > Duration::from_secs(86_400) {
+            errs.push(file, f.path("dns_refresh"), "expected 100ms to 1d");
+        } else {
+            pool.dns_refresh = d;
+        }
     }
     if let Some(t) = f.table("passive", errs) {
         let p = Fields::new(file, f.path("passive"), t, PASSIVE_KEYS);

@@ -92,7 +92,7 @@ fn unknown_keys_are_reported_where_they_are_with_a_hint() {
             (
                 "pools.p.backends_extra",
                 "unknown key (known keys: backends, balance, hash_key, connect_timeout, read_timeout, \
-                 write_timeout, idle_timeout, retries, host_header, health, passive, tls, sni, ca_file, insecure_skip_verify, http2)"
+                 write_timeout, idle_timeout, retries, host_header, health, passive, tls, sni, ca_file, insecure_skip_verify, http2, dns_refresh)"
             ),
             ("pools.p.blance", "unknown key (did you mean `balance`?)"),
             ("routes[0].poool", "unknown key (did you mean `pool`?)"),
@@ -151,7 +151,7 @@ fn wrong_types_are_one_error_each() {
 fn backend_errors() {
     let text = one_pool(
         "",
-        "[pools.q]\nbackends = [\"backend.internal:80\", \"10.0.0.1:80\", { addr = \"10.0.0.1:80\", weight = 2 }, \
+        "[pools.q]\nbackends = [\"backend..internal:80\", \"10.0.0.1:80\", { addr = \"10.0.0.1:80\", weight = 2 }, \
          { addr = \"10.0.0.2:80\", weight = 1001 }, { weight = 2 }, \"10.0.0.3\"]\n\
          [pools.r]\nretries = 1\n[pools.Bad]\nbackends = [\"127.0.0.1:1\"]\n\
          [[routes]]\npath_prefix = \"/\"\npool = \"p\"\n",
@@ -171,14 +171,14 @@ fn backend_errors() {
             ),
             (
                 "pools.q.backends[0]",
-                "`backend.internal:80` must be IP:port (DNS names are not resolved)"
+                "`backend..internal:80`: is not an IP address or a valid DNS name with a port"
             ),
             ("pools.q.backends[2]", "10.0.0.1:80 is listed twice"),
             ("pools.q.backends[3].weight", "1001 is out of range 1..=1000"),
             ("pools.q.backends[4].addr", "required key is missing"),
             (
                 "pools.q.backends[5]",
-                "`10.0.0.3` must be IP:port (DNS names are not resolved)"
+                "`10.0.0.3`: must be IP:port or name:port"
             ),
             ("pools.r.backends", "required key is missing"),
         ]

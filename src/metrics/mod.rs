@@ -76,6 +76,7 @@ pub struct Metrics {
     /// Tenants, hosts, pools, backends.
     config_counts: [IntGauge; 4],
     refused_tenant_files: IntGauge,
+    dns_failures: IntCounterVec,
     pub tls_handshakes: IntCounter,
     tls_failures: IntCounterVec,
     cert_expiry: GaugeVec,
@@ -151,6 +152,7 @@ impl Metrics {
                 gauge(&r, &format!("porteiro_config_{kind}"), &format!("Configured {kind} in the configuration serving now."), &[])
                     .with_label_values(&[] as &[&str])
             }),
+            dns_failures: counter(&r, "porteiro_dns_lookup_failures_total", "Failed lookups of backend DNS names (the last good addresses stay in use).", &["name"]),
             refused_tenant_files: gauge(&r, "porteiro_config_refused_tenant_files", "Tenant files refused for errors in the configuration serving now (each keeps its last good version, if any; see /-/config).", &[]).with_label_values(&[] as &[&str]),
             tls_handshakes: counter(&r, "porteiro_tls_handshakes_total", "Completed TLS handshakes.", &[]).with_label_values(&[] as &[&str]),
             tls_failures: counter(&r, "porteiro_tls_handshake_failures_total", "TLS handshakes refused by porteiro, by reason.", &["reason"]),
@@ -337,6 +339,10 @@ impl Metrics {
 
     pub fn reload(&self, result: &str) {
         self.reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn dns_failed(&self, name: &str) {
+        self.dns_failures.with_label_values(&[name]).inc();
     }
 
     pub fn set_refused_tenant_files(&self, n: usize) {

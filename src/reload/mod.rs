@@ -4,6 +4,7 @@
 //! errors are kept for the status endpoint.
 
 mod background;
+mod dns;
 mod triggers;
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
 
+pub use dns::{resolve_names, DnsRefresher};
 pub use triggers::{ConfigWatcher, HangupReloader};
 
 use crate::config::model::{Config, ServerConfig};
@@ -126,6 +128,8 @@ struct State {
     cache: config::ParseCache,
     /// The configuration serving now: a refused tenant file keeps its version from here.
     last_good: Config,
+    /// The DNS names its pools use, with how often each is resolved again.
+    dns_names: std::collections::BTreeMap<String, std::time::Duration>,
 }
 
 pub struct Reloader {
@@ -156,6 +160,7 @@ impl Reloader {
                 status,
                 cache,
                 last_good: config.clone(),
+                dns_names: crate::dns::names_of(config),
             }),
         }
     }
@@ -179,7 +184,7 @@ impl Reloader {
                 config::load_isolating(&self.main_file, &mut state.cache, Some(&state.last_good));
         }
         let loaded = loaded.and_then(|c| admin_token_rule(&state.started_with, c));
-        let config = match loaded {
+        let mut config = match loaded {
             Ok(c) => c,
             Err(errors) => {
                 tracing::error!(
@@ -210,6 +215,7 @@ impl Reloader {
             };
         }
         report_faults(&config);
+        resolve_names(&mut config, Some(&state.last_good.resolved));
         let generation = current.generation + 1;
         let next = Snapshot::build(&config, generation, Some(&current));
         drop(current);
@@ -237,6 +243,7 @@ impl Reloader {
         let refused = state.status.tenant_errors.clone();
         self.admin_token
             .store(config.server.admin_token.clone().map(Arc::new));
+        state.dns_names = crate::dns::names_of(&config);
         state.last_good = config;
         let c = self.snapshot.load().counts();
         tracing::info!(
@@ -253,6 +260,56 @@ impl Reloader {
             generation,
             refused,
         }
+    }
+
+    /// The resolver and the backend names to keep resolved, with their refresh intervals.
+    pub fn dns_names(
+        &self,
+    ) -> (
+        Option<std::net::SocketAddr>,
+        std::collections::BTreeMap<String, std::time::Duration>,
+    ) {
+        let state = self.lock();
+        (state.last_good.server.resolver, state.dns_names.clone())
+    }
+
+    /// The addresses backend names resolve to in the configuration serving now.
+    pub fn resolved(&self) -> Arc<crate::config::model::Resolved> {
+        self.lock().last_good.resolved.clone()
+    }
+
+    /// Rebuilds the routing table with new addresses for backend names (a generation of its
+    /// own, like a reload); nothing else changes.
+    pub fn apply_resolved(&self, resolved: crate::config::model::Resolved) {
+        let mut state = self.lock();
+        if *state.last_good.resolved == resolved {
+            return;
+        }
+        let mut config = state.last_good.clone();
+        config.resolved = Arc::new(resolved);
+        let current = self.snapshot.load_full();
+        let next = Snapshot::build(&config, current.generation + 1, Some(&current));
+        drop(current);
+        let previous = self.snapshot.swap(Arc::new(next));
+        background::retire(previous);
+        crate::metrics::get().retain(&self.snapshot.load());
+        let reloads = std::mem::take(&mut state.status.reloads);
+        let keep = state.status.clone();
+        state.status = status_for(&self.snapshot.load(), &config, reloads);
+        state.status.last_reload_ms = keep.last_reload_ms;
+        state.status.last_error = keep.last_error;
+        state.status.restart_required = keep.restart_required;
+        state.last_good = config;
+    }
+
+    /// `apply_resolved` on a low-priority thread.
+    pub async fn apply_resolved_in_background(
+        self: &Arc<Self>,
+        resolved: crate::config::model::Resolved,
+    ) {
+        let reloader = self.clone();
+        background::run_low_priority("porteiro-dns", move || reloader.apply_resolved(resolved))
+            .await;
     }
 
     /// `reload` on a low-priority thread of its own, for async callers.

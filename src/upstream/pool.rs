@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::model::{Balance, CaBundle, HashKey, PoolConfig};
+use crate::config::model::{BackendConfig, Balance, CaBundle, HashKey, PoolConfig, Resolved};
 
 use super::balance::{Candidates, Selector};
 use super::state::{BackendState, PassiveState, Thresholds};
@@ -75,16 +75,18 @@ pub struct PoolTls {
 }
 
 impl Pool {
-    /// Builds a pool; `state_for` supplies each backend's shared state and this pool's
-    /// passive verdict on it (both reused across reloads).
+    /// Builds a pool over `backends` (its addresses, and those its names resolve to now);
+    /// `state_for` supplies each backend's shared state and this pool's passive verdict on
+    /// it (both reused across reloads).
     pub fn build(
         cfg: &PoolConfig,
+        backends: &[BackendConfig],
         ca: Option<Arc<CaBundle>>,
         thresholds: Thresholds,
         mut state_for: impl FnMut(SocketAddr) -> (Arc<BackendState>, Arc<PassiveState>),
     ) -> Self {
-        let weights: Vec<u32> = cfg.backends.iter().map(|b| b.weight).collect();
-        let names: Vec<String> = cfg.backends.iter().map(|b| b.addr.to_string()).collect();
+        let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+        let names: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
         let (selector, hash_key) = match &cfg.balance {
             Balance::RoundRobin => (Selector::round_robin(&weights), None),
             Balance::LeastConn => (Selector::least_conn(), None),
@@ -93,8 +95,7 @@ impl Pool {
                 (Selector::consistent(&names, &weights), Some(key.clone()))
             }
         };
-        let backends = cfg
-            .backends
+        let backends = backends
             .iter()
             .zip(names)
             .map(|(b, name)| {
@@ -150,6 +151,24 @@ impl Pool {
     pub fn any_usable(&self, now_ms: u64) -> bool {
         self.backends.iter().any(|b| b.is_usable(now_ms))
     }
+}
+
+/// A pool's backends now: its addresses, then every address each name resolves to (with the
+/// name's port and weight), each address once.
+pub fn effective_backends(cfg: &PoolConfig, resolved: &Resolved) -> Vec<BackendConfig> {
+    let mut out = cfg.backends.clone();
+    for n in &cfg.names {
+        for ip in resolved.get(&n.host).into_iter().flatten() {
+            let addr = SocketAddr::new(*ip, n.port);
+            if !out.iter().any(|b| b.addr == addr) {
+                out.push(BackendConfig {
+                    addr,
+                    weight: n.weight,
+                });
+            }
+        }
+    }
+    out
 }
 
 struct View<'a> {

@@ -49,9 +49,12 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(name: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
+        Backend::start_on(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// A backend on `addr` (another loopback address, a port of choice).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Backend {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
         let addr = listener.local_addr().unwrap();
         let healthy = Arc::new(AtomicBool::new(true));
         let hits = Arc::new(AtomicUsize::new(0));
