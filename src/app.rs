@@ -162,11 +162,11 @@ fn build_server(
         ));
     }
     if let Some(path) = &s.quota_state_file {
-        let persister = crate::limits::QuotaPersister {
-            path: path.clone(),
-            interval: s.quota_persist_interval,
-            snapshot: snapshot.clone(),
-        };
+        let persister = crate::limits::QuotaPersister::new(
+            path.clone(),
+            s.quota_persist_interval,
+            snapshot.clone(),
+        );
         persister.load();
         server.add_service(background_service("quota counts", persister));
     }

@@ -165,3 +165,53 @@ fn run_on_a_busy_port_fails_in_one_line() {
         "{err}"
     );
 }
+
+/// The shipped systemd unit, key by key (systemd-analyze is not available everywhere the
+/// tests run): what porteiro's behaviour depends on must be there.
+#[test]
+fn the_systemd_unit_has_the_keys_porteiro_relies_on() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/porteiro.service"
+    ))
+    .unwrap();
+    let values = |key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_string)
+            .collect()
+    };
+    let one = |key: &str| {
+        let v = values(key);
+        assert_eq!(v.len(), 1, "{key}: {v:?}");
+        v[0].clone()
+    };
+    for section in ["[Unit]", "[Service]", "[Install]"] {
+        assert!(unit.lines().any(|l| l == section), "{section} missing");
+    }
+    assert_eq!(one("Type"), "simple");
+    assert!(one("ExecStartPre").ends_with("porteiro check -c /etc/porteiro/porteiro.toml"));
+    assert!(one("ExecStart").ends_with("porteiro run -c /etc/porteiro/porteiro.toml"));
+    // reload = check, then SIGHUP
+    let reload = values("ExecReload");
+    assert_eq!(reload.len(), 2, "{reload:?}");
+    assert!(reload[0].contains("porteiro check"));
+    assert!(reload[1].contains("kill -HUP $MAINPID"));
+    assert_eq!(one("KillSignal"), "SIGTERM");
+    // Above the default grace_period (30 s) plus graceful_shutdown_timeout (10 s).
+    let stop: u64 = one("TimeoutStopSec").parse().unwrap();
+    assert!(stop > 40, "{stop}");
+    // The default upgrade_socket (/run/porteiro/upgrade.sock) needs /run/porteiro.
+    assert_eq!(one("RuntimeDirectory"), "porteiro");
+    assert_eq!(one("WantedBy"), "multi-user.target");
+    // Every line is a comment, a section, empty, or KEY=VALUE.
+    for l in unit.lines() {
+        let ok = l.is_empty()
+            || l.starts_with('#')
+            || (l.starts_with('[') && l.ends_with(']'))
+            || l.split_once('=').is_some_and(|(k, _)| {
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric())
+            });
+        assert!(ok, "not a unit line: {l}");
+    }
+}

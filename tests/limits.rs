@@ -272,3 +272,59 @@ async fn counters_survive_a_reload_unless_the_limit_changes() {
         [200, 200, 200, 429]
     );
 }
+
+/// In a graceful upgrade the old process keeps counting during its grace period and saves at
+/// exit: the new process adds those counts to its own instead of overwriting them, and an
+/// old process never takes a newer one's counts in.
+#[tokio::test]
+async fn quota_counts_of_an_older_process_are_merged_not_lost() {
+    let b = Backend::start("b").await;
+    let cfg =
+        ConfigDir::new("quota_state_file = \"quota.json\"\nquota_persist_interval = \"50ms\"");
+    cfg.tenant(
+        "a.toml",
+        &limited_tenant("a", b.addr, "quota = { requests = 1000, per = \"day\" }"),
+    );
+    let state = cfg.dir.path().join("quota.json");
+    let proxy = Proxy::start(&cfg);
+    let c = client();
+    assert_eq!(statuses(&c, &proxy, "a.test", 2).await, [200, 200]);
+    eventually(WAIT, "the count is saved", || async {
+        std::fs::read_to_string(&state).is_ok_and(|t| t.contains(",2]"))
+    })
+    .await;
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let window = saved["tenants"]["a"][0].as_u64().unwrap();
+    let used = || async {
+        let text = proxy.scrape().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(r#"porteiro_quota_used_requests{tenant="a"} "#))
+            .map(|v| v.parse::<u64>().unwrap())
+    };
+    // As the process this one took over from would write it: older, and counting on.
+    let older_wrote = |count: u64, started: u64| {
+        let text = format!(
+            r#"{{"version":1,"tenants":{{"a":[{window},{count}]}},"writer":1,"writer_started":{started}}}"#
+        );
+        std::fs::write(state.with_extension("tmp.test"), text).unwrap();
+        std::fs::rename(state.with_extension("tmp.test"), &state).unwrap();
+    };
+    older_wrote(10, 1);
+    eventually(WAIT, "the older process's 10 are added", || async {
+        used().await == Some(12)
+    })
+    .await;
+    older_wrote(15, 1);
+    eventually(WAIT, "and its 5 more", || async {
+        used().await == Some(17)
+    })
+    .await;
+    // A newer writer's counts are never taken in.
+    older_wrote(100, u64::MAX);
+    eventually(WAIT, "the file is written again by porteiro", || async {
+        std::fs::read_to_string(&state).is_ok_and(|t| !t.contains(",100]"))
+    })
+    .await;
+    assert_eq!(used().await, Some(17));
+}

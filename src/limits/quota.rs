@@ -100,6 +100,20 @@ impl QuotaCounter {
         *self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Adds `n` requests counted elsewhere (by the process this one took over from) if they
+    /// belong to the window of `now`.
+    pub fn add(&self, window_id: u64, n: u64, now: SystemTime) {
+        if window(self.kind, now).0 == window_id {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if s.0 < window_id {
+                *s = (window_id, 0);
+            }
+            if s.0 == window_id {
+                s.1 = s.1.saturating_add(n);
+            }
+        }
+    }
+
     /// Restores a persisted count if it belongs to the window of `now`.
     pub fn restore(&self, window_id: u64, used: u64, now: SystemTime) {
         if window(self.kind, now).0 == window_id {
