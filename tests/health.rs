@@ -270,14 +270,7 @@ async fn one_tenants_timeouts_do_not_eject_a_backend_another_tenant_shares() {
     );
     // An edit of the tenant's file rebuilds its pool: the verdict carries over.
     cfg.tenant("impatient.toml", &impatient_file("# edited"));
-    let r: serde_json::Value = c
-        .post(proxy.admin_url("/-/reload"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = proxy.reload().await;
     assert_eq!(r["result"], "applied", "{r}");
     assert_eq!(
         get(&c, &proxy, "impatient.test", "/").await.status,

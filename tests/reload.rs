@@ -239,28 +239,14 @@ async fn sighup_and_the_admin_endpoint_reload() {
         "one.toml",
         &one_pool_tenant("one", &["one.test"], &[a.addr], ""),
     );
-    let r: serde_json::Value = c
-        .post(proxy.admin_url("/-/reload"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = proxy.reload().await;
     assert_eq!(r["result"], "applied", "{r}");
     assert_eq!(
         status_of(&c, &proxy, "one.test").await.1.as_deref(),
         Some("a"),
         "applied before the answer"
     );
-    let r: serde_json::Value = c
-        .post(proxy.admin_url("/-/reload"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = proxy.reload().await;
     assert_eq!(r["result"], "unchanged", "{r}");
 
     cfg.tenant("one.toml", "id = \"one\"\n");
@@ -408,14 +394,7 @@ async fn health_state_survives_a_reload() {
         "two.toml",
         &one_pool_tenant("two", &["two.test"], &[a.addr], ""),
     );
-    let r: serde_json::Value = c
-        .post(proxy.admin_url("/-/reload"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = proxy.reload().await;
     assert_eq!(r["result"], "applied");
     let hits = b.hits();
     for _ in 0..20 {
@@ -466,17 +445,9 @@ async fn fifty_reloads_under_load_fail_no_request() {
             }
         }));
     }
-    let c = client();
     for i in 0..50 {
         cfg.tenant("one.toml", &configs[(i + 1) % 2]);
-        let r: serde_json::Value = c
-            .post(proxy.admin_url("/-/reload"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = proxy.reload().await;
         assert_eq!(r["result"], "applied", "reload {i}: {r}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -516,14 +487,7 @@ async fn a_tenant_file_deleted_and_recreated_during_a_reload_is_not_dropped() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         std::fs::write(path, one).unwrap();
     });
-    let r: serde_json::Value = c
-        .post(proxy.admin_url("/-/reload"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = proxy.reload().await;
     editor.await.unwrap();
     assert_eq!(r["result"], "unchanged", "{r}");
     assert_eq!(status_of(&c, &proxy, "one.test").await.0, 200);
@@ -531,14 +495,7 @@ async fn a_tenant_file_deleted_and_recreated_during_a_reload_is_not_dropped() {
 
     // A file really gone is dropped (after the second look).
     std::fs::remove_file(cfg.tenant_path("one.toml")).unwrap();
-    let r: serde_json::Value = c
-        .post(proxy.admin_url("/-/reload"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = proxy.reload().await;
     assert_eq!(r["result"], "applied", "{r}");
     assert_eq!(status_of(&c, &proxy, "one.test").await.0, 404);
 }
