@@ -27,6 +27,10 @@ pub enum Command {
         /// The main configuration file.
         #[arg(short, long, default_value = "/etc/porteiro/porteiro.toml")]
         config: PathBuf,
+        /// Exit 1 only for errors that refuse the whole configuration (the main file's), as
+        /// `run` and reloads do; tenant file errors are still listed. For service managers.
+        #[arg(long)]
+        main_only: bool,
     },
     /// Replace the running porteiro PID with this binary without closing its listening
     /// sockets: start `run --upgrade`, wait until it waits for the sockets, then signal PID.

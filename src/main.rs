@@ -19,15 +19,16 @@ const DEFAULT_LOG_FILTER: &str = "info,rustls=error";
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config, main_only } => check(&config, main_only),
         Command::Run { config, upgrade } => run(&config, upgrade),
         Command::Upgrade { config, pid } => upgrade(&config, pid),
     }
 }
 
-/// Exit 1 for any error. Tenant files with errors are listed as `run` would treat them:
-/// refused alone while the other tenants serve. Warnings (an expired certificate) do not fail.
-fn check(path: &std::path::Path) -> ExitCode {
+/// Exit 1 for any error (with `main_only`, for main-file errors only). Tenant files with
+/// errors are listed as `run` would treat them: refused alone while the other tenants serve.
+/// Warnings (an expired certificate) do not fail.
+fn check(path: &std::path::Path, main_only: bool) -> ExitCode {
     let loaded = porteiro::config::load_isolating(path, &mut Default::default(), None);
     let config = match loaded {
         Ok(config) => config,
@@ -81,7 +82,11 @@ fn check(path: &std::path::Path) -> ExitCode {
         config.faults.len(),
         c.tenants
     );
-    ExitCode::FAILURE
+    if main_only {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// The graceful upgrade as one command: nothing happens to the old process unless the new one

@@ -190,12 +190,15 @@ fn the_systemd_unit_has_the_keys_porteiro_relies_on() {
         assert!(unit.lines().any(|l| l == section), "{section} missing");
     }
     assert_eq!(one("Type"), "simple");
-    assert!(one("ExecStartPre").ends_with("porteiro check -c /etc/porteiro/porteiro.toml"));
+    // --main-only: one tenant's broken file must not keep the service (every tenant) down.
+    assert!(
+        one("ExecStartPre").ends_with("porteiro check --main-only -c /etc/porteiro/porteiro.toml")
+    );
     assert!(one("ExecStart").ends_with("porteiro run -c /etc/porteiro/porteiro.toml"));
     // reload = check, then SIGHUP
     let reload = values("ExecReload");
     assert_eq!(reload.len(), 2, "{reload:?}");
-    assert!(reload[0].contains("porteiro check"));
+    assert!(reload[0].contains("porteiro check --main-only"));
     assert!(reload[1].contains("kill -HUP $MAINPID"));
     assert_eq!(one("KillSignal"), "SIGTERM");
     // Above the default grace_period (30 s) plus graceful_shutdown_timeout (10 s).
@@ -214,4 +217,29 @@ fn the_systemd_unit_has_the_keys_porteiro_relies_on() {
             });
         assert!(ok, "not a unit line: {l}");
     }
+}
+
+#[test]
+fn check_main_only_fails_for_the_main_file_alone() {
+    let cfg = ConfigDir::new("");
+    cfg.tenant(
+        "good.toml",
+        &one_pool_tenant("good", &["good.test"], &[dead_addr()], ""),
+    )
+    .tenant("broken.toml", "id = \"broken\"\n");
+    let (code, _, err) = check(&cfg.main_file());
+    assert_eq!(code, 1, "{err}");
+    let main_only = |cfg: &ConfigDir| {
+        std::process::Command::new(BIN)
+            .args(["check", "--main-only", "-c"])
+            .arg(cfg.main_file())
+            .output()
+            .unwrap()
+    };
+    let out = main_only(&cfg);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("broken.toml"), "still listed: {err}");
+    cfg.write_main("threads = 0");
+    assert_eq!(main_only(&cfg).status.code(), Some(1));
 }

@@ -286,3 +286,31 @@ async fn label_slots_follow_traffic_and_removed_backends_lose_their_series() {
     );
     assert_eq!(selected(&text, a.addr), Some(1.0), "{text}");
 }
+
+/// State gauges (backend up, quota use) describe configuration, not traffic: they are there
+/// with request counting off, and for a tenant that has had no request yet.
+#[tokio::test]
+async fn state_gauges_need_no_traffic_and_no_request_counting() {
+    let a = Backend::start("a").await;
+    let cfg = ConfigDir::new("");
+    cfg.append_main("[metrics]\nenabled = false");
+    cfg.tenant(
+        "t1.toml",
+        &format!(
+            "id = \"t1\"\nhosts = [\"t1.test\"]\n[limits]\nquota = {{ requests = 100, per = \"day\" }}\n\
+             [pools.web]\nbackends = [\"{}\"]\n",
+            a.addr
+        ),
+    );
+    let proxy = Proxy::start(&cfg);
+    let text = proxy.scrape().await;
+    let up = format!(
+        r#"porteiro_backend_up{{backend="{}",pool="web",tenant="t1"}} 1"#,
+        a.addr
+    );
+    assert!(text.contains(&up), "{text}");
+    assert!(
+        text.contains(r#"porteiro_quota_limit_requests{tenant="t1"} 100"#),
+        "{text}"
+    );
+}

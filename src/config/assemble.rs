@@ -42,10 +42,11 @@ struct Claims<'a> {
 }
 
 impl<'a> Claims<'a> {
-    /// Why `t` (from `path`) cannot join; nothing is claimed then.
+    /// Why `t` cannot join: ids and hosts another file holds. Nothing is claimed here.
     fn conflicts(&self, t: &TenantConfig) -> Vec<ConfigError> {
         let mut errors = Vec::new();
-        if let Some(other) = self.ids.get(t.id.as_str()) {
+        let own = t.file.as_path();
+        if let Some(other) = self.ids.get(t.id.as_str()).filter(|f| **f != own) {
             errors.push(error(
                 &t.file,
                 "id",
@@ -57,7 +58,7 @@ impl<'a> Claims<'a> {
             ));
         }
         for (i, pattern) in t.hosts.iter().enumerate() {
-            if let Some((other, file)) = self.hosts.get(pattern) {
+            if let Some((other, file)) = self.hosts.get(pattern).filter(|(_, f)| *f != own) {
                 errors.push(error(
                     &t.file,
                     format!("hosts[{i}]"),
@@ -78,6 +79,23 @@ impl<'a> Claims<'a> {
             self.hosts.insert(pattern, (&t.id, &t.file));
         }
     }
+
+    /// Claims for `now` what its file's serving version `before` already held and `now` still
+    /// asks for: a file that sorts earlier cannot take it away.
+    fn claim_held(&mut self, now: &'a TenantConfig, before: &TenantConfig) {
+        if now.id == before.id {
+            self.ids.insert(&now.id, &now.file);
+        }
+        for pattern in now.hosts.iter().filter(|p| before.hosts.contains(p)) {
+            self.hosts.insert(pattern, (&now.id, &now.file));
+        }
+    }
+
+    /// Gives up what `file` claimed (it serves nothing after all).
+    fn release(&mut self, file: &Path) {
+        self.ids.retain(|_, f| *f != file);
+        self.hosts.retain(|_, (_, f)| *f != file);
+    }
 }
 
 fn error(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -88,9 +106,9 @@ fn error(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> Conf
     }
 }
 
-/// `offers` in file-name order. Versions kept from `last_good` claim their ids and hosts
-/// first (they are serving), then valid files in order: a later claim is the faulty one,
-/// as in a strict load.
+/// `offers` in file-name order. What is serving claims first: versions kept from
+/// `last_good`, and what valid files held in `last_good` and still ask for. Then valid files
+/// in order: a later claim is the faulty one, as in a strict load.
 pub(super) fn assemble(offers: Vec<Offer>, last_good: Option<&Config>) -> Assembled {
     let previous: HashMap<&Path, Compiled> = last_good
         .map(|c| {
@@ -126,6 +144,12 @@ pub(super) fn assemble(offers: Vec<Offer>, last_good: Option<&Config>) -> Assemb
     for &(_, c) in &kept {
         claims.claim(&c.tenant);
     }
+    // What serving tenants hold and still ask for stays theirs, whatever the file order.
+    for &(n, c) in &fresh {
+        if let Some(before) = previous.get(offers[n].path.as_path()) {
+            claims.claim_held(&c.tenant, &before.tenant);
+        }
+    }
     for (n, c) in fresh {
         let clashes = claims.conflicts(&c.tenant);
         if clashes.is_empty() {
@@ -134,6 +158,7 @@ pub(super) fn assemble(offers: Vec<Offer>, last_good: Option<&Config>) -> Assemb
             continue;
         }
         faults.push((n, clashes));
+        claims.release(&c.tenant.file);
         // Its own last good version may still fit.
         if let Some(before) = previous.get(offers[n].path.as_path()) {
             if claims.conflicts(&before.tenant).is_empty() {

@@ -163,3 +163,32 @@ fn main_file_errors_still_refuse_the_whole_configuration() {
         "every error is listed"
     );
 }
+
+#[test]
+fn a_serving_tenant_keeps_its_host_against_a_file_that_sorts_earlier() {
+    let v1 = load(&[("b.toml", &tenant("b", "shop.test", 1))], None).unwrap();
+    // a.toml, new and earlier in order, claims b's host; b is valid and unchanged.
+    let v2 = load(
+        &[
+            ("a.toml", &tenant("a", "shop.test", 2)),
+            ("b.toml", &tenant("b", "shop.test", 1)),
+        ],
+        Some(&v1),
+    )
+    .unwrap();
+    assert_eq!(ids(&v2), ["b"]);
+    assert_eq!(v2.faults.len(), 1);
+    assert_eq!(v2.faults[0].file, Path::new("/c/tenants.d/a.toml"));
+    // An id taken over the same way.
+    let v3 = load(
+        &[
+            ("a.toml", &tenant("b", "other.test", 2)),
+            ("b.toml", &tenant("b", "shop.test", 1)),
+        ],
+        Some(&v1),
+    )
+    .unwrap();
+    assert_eq!(v3.tenants.len(), 1);
+    assert_eq!(v3.tenants[0].file, Path::new("/c/tenants.d/b.toml"));
+    assert_eq!(v3.faults[0].errors[0].key, "id");
+}

@@ -274,6 +274,17 @@ impl Metrics {
         self.lock_tenants().get(id).map(|t| t.label.clone())
     }
 
+    /// The label of tenant `id`'s state gauges at a scrape. While every tenant fits under the
+    /// cap, or requests are not counted (so traffic gives no labels), the scrape gives labels
+    /// itself; past the cap only traffic does, so the busy tenants get them.
+    fn state_label(&self, id: &str, everyone_fits: bool) -> String {
+        if everyone_fits || !self.counting() {
+            self.label_for(id)
+        } else {
+            self.slot(id).unwrap_or_else(|| OTHER_TENANTS.into())
+        }
+    }
+
     fn remove_tenant_series(&self, t: &TenantMetrics) {
         let l = &[t.label.as_str()];
         for (method, class) in t.used_cells() {
@@ -372,12 +383,12 @@ impl Metrics {
     }
 
     /// Cache sizes per tenant, from the store; evictions counted up to the store's total.
-    fn refresh_cache(&self) {
+    fn refresh_cache(&self, everyone_fits: bool) {
         self.cache_bytes.reset();
         self.cache_entries.reset();
         // Tenants folded into "_other" add up.
         for (tenant, part) in crate::cache::store().partitions() {
-            let label = self.slot(&tenant).unwrap_or_else(|| OTHER_TENANTS.into());
+            let label = self.state_label(&tenant, everyone_fits);
             let l = &[label.as_str()];
             self.cache_bytes
                 .with_label_values(l)
@@ -393,6 +404,7 @@ impl Metrics {
     }
 
     fn refresh_state(&self, snap: &Snapshot) {
+        let everyone_fits = snap.tenants.len() <= self.max_tenants.load(Ordering::Relaxed);
         let now = crate::upstream::now_ms();
         self.backend_up.reset();
         self.cert_expiry.reset();
@@ -403,7 +415,7 @@ impl Metrics {
         // Tenants without a label of their own share "_other": the soonest expiry among them.
         let mut others_expiry: Option<f64> = None;
         for t in &snap.tenants {
-            let label = self.slot(&t.id).unwrap_or_else(|| OTHER_TENANTS.into());
+            let label = self.state_label(&t.id, everyone_fits);
             if let Some(cert) = &t.cert {
                 let expiry = unix(cert.not_after);
                 if label == OTHER_TENANTS {
@@ -435,9 +447,7 @@ impl Metrics {
             let (Some(l), Some(cfg)) = (l, l.as_ref().and_then(|l| l.config.quota)) else {
                 continue;
             };
-            let Some(label) = self.slot(&t.id) else {
-                continue;
-            };
+            let label = self.state_label(&t.id, everyone_fits);
             if let (Some(q), true) = (&l.quota, label != OTHER_TENANTS) {
                 let (window, used) = q.snapshot();
                 let current = crate::limits::window(cfg.per, std::time::SystemTime::now()).0;
@@ -450,7 +460,7 @@ impl Metrics {
                     .set(cfg.requests as i64);
             }
         }
-        self.refresh_cache();
+        self.refresh_cache(everyone_fits);
         if let Some(cert) = &snap.default_cert {
             self.cert_expiry
                 .with_label_values(&["_default"])
