@@ -167,6 +167,33 @@ async fn a_named_backend_follows_its_records_and_survives_a_failing_server() {
     assert!(proxy.logs().contains("backend name resolves again"));
 }
 
+/// A name that does not resolve at start-up is tried again within seconds, not after its
+/// (here hour-long) refresh interval: a pool of names only has no backend until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_did_not_resolve_at_start_is_retried_soon() {
+    let two = Ipv4Addr::new(127, 0, 0, 2);
+    let a = Backend::start_on("a", SocketAddr::from((two, 0))).await;
+    let port = a.addr.port();
+    let dns = Dns::start(&[]).await;
+    dns.set(None);
+    let cfg = ConfigDir::new(&format!("resolver = \"{}\"", dns.addr));
+    cfg.tenant(
+        "app.toml",
+        &format!(
+            "id = \"app\"\nhosts = [\"app.test\"]\n[pools.web]\nbackends = [\"app.internal:{port}\"]\n\
+             dns_refresh = \"1h\"\n"
+        ),
+    );
+    let proxy = Proxy::start(&cfg);
+    let c = client();
+    assert_eq!(get(&c, &proxy, "app.test", "/").await.status, 503);
+    dns.set(Some(&[two]));
+    eventually(WAIT, "the name resolves and a serves", || async {
+        get(&c, &proxy, "app.test", "/").await.backend.as_deref() == Some("a")
+    })
+    .await;
+}
+
 #[test]
 fn check_refuses_a_malformed_name() {
     let cfg = ConfigDir::new("");

@@ -18,6 +18,9 @@ use crate::dns;
 
 /// How often the refresher looks for names that are due.
 const TICK: Duration = Duration::from_millis(250);
+/// A name that failed, or never resolved, is tried again this soon (or at its refresh, if
+/// sooner): a pool of names only has no backend until then.
+const RETRY: Duration = Duration::from_secs(2);
 
 /// Fills `config.resolved`: a name `before` has keeps its addresses (the refresher keeps them
 /// current); a new name is looked up now, within `dns::LOOKUP_LIMIT`.
@@ -76,9 +79,15 @@ impl BackgroundService for DnsRefresher {
             let (server, names) = self.reloader.dns_names();
             due.retain(|n, _| names.contains_key(n));
             let now = Instant::now();
-            // Names resolved at load are first due one refresh later.
+            let known = self.reloader.resolved();
+            // Names resolved at load are first due one refresh later; the others soon.
             for (name, every) in &names {
-                due.entry(name.clone()).or_insert(now + *every);
+                let first = if known.contains_key(name) {
+                    *every
+                } else {
+                    (*every).min(RETRY)
+                };
+                due.entry(name.clone()).or_insert(now + first);
             }
             let todo: Vec<String> = due
                 .iter()
@@ -99,8 +108,7 @@ impl BackgroundService for DnsRefresher {
             }
             let Some((_, r)) = &resolver else { continue };
             let answers = dns::lookup_all(r, &todo).await;
-            let mut table = (*self.reloader.resolved()).clone();
-            let mut changed = Vec::new();
+            let mut changes = Resolved::new();
             for (name, answer) in answers {
                 let every = names.get(&name).copied().unwrap_or(Duration::from_secs(5));
                 match answer {
@@ -111,9 +119,8 @@ impl BackgroundService for DnsRefresher {
                         // A TTL of 0 must not turn into a busy loop.
                         let next = every.min(a.valid_for).max(TICK);
                         due.insert(name.clone(), now + next);
-                        if table.get(&name) != Some(&a.addrs) {
-                            table.insert(name.clone(), a.addrs);
-                            changed.push(name);
+                        if known.get(&name) != Some(&a.addrs) {
+                            changes.insert(name, a.addrs);
                         }
                     }
                     Err(error) => {
@@ -125,13 +132,13 @@ impl BackgroundService for DnsRefresher {
                                 "backend name lookup failed; keeping its last good addresses"
                             );
                         }
-                        due.insert(name, now + every);
+                        due.insert(name, now + every.min(RETRY));
                     }
                 }
             }
-            if !changed.is_empty() {
-                tracing::info!(names = ?changed, "backend addresses changed");
-                self.reloader.apply_resolved_in_background(table).await;
+            if !changes.is_empty() {
+                tracing::info!(names = ?changes.keys().collect::<Vec<_>>(), "backend addresses changed");
+                self.reloader.apply_resolved_in_background(changes).await;
             }
         }
     }

@@ -278,10 +278,17 @@ impl Reloader {
         self.lock().last_good.resolved.clone()
     }
 
-    /// Rebuilds the routing table with new addresses for backend names (a generation of its
-    /// own, like a reload); nothing else changes.
-    pub fn apply_resolved(&self, resolved: crate::config::model::Resolved) {
+    /// Rebuilds the routing table with new addresses for some backend names (a generation of
+    /// its own, like a reload); nothing else changes. Only the names given change, and only
+    /// those the configuration still uses: a reload in between keeps what it resolved.
+    pub fn apply_resolved(&self, changes: crate::config::model::Resolved) {
         let mut state = self.lock();
+        let mut resolved = (*state.last_good.resolved).clone();
+        for (name, addrs) in changes {
+            if state.dns_names.contains_key(&name) {
+                resolved.insert(name, addrs);
+            }
+        }
         if *state.last_good.resolved == resolved {
             return;
         }
@@ -305,10 +312,10 @@ impl Reloader {
     /// `apply_resolved` on a low-priority thread.
     pub async fn apply_resolved_in_background(
         self: &Arc<Self>,
-        resolved: crate::config::model::Resolved,
+        changes: crate::config::model::Resolved,
     ) {
         let reloader = self.clone();
-        background::run_low_priority("porteiro-dns", move || reloader.apply_resolved(resolved))
+        background::run_low_priority("porteiro-dns", move || reloader.apply_resolved(changes))
             .await;
     }
 
