@@ -253,11 +253,15 @@ async fn label_slots_follow_traffic_and_removed_backends_lose_their_series() {
     }
     assert_eq!(get(&c, &proxy, "t1.test", "/").await.status, 200);
     // A request is counted once its answer is sent: the scrape may come first.
-    eventually(Duration::from_secs(10), "t1's request is counted", || async {
-        proxy.scrape().await.contains(
-            r#"porteiro_requests_total{method="get",status_class="2xx",tenant="_other"} 1"#,
-        )
-    })
+    eventually(
+        Duration::from_secs(10),
+        "t1's request is counted",
+        || async {
+            proxy.scrape().await.contains(
+                r#"porteiro_requests_total{method="get",status_class="2xx",tenant="_other"} 1"#,
+            )
+        },
+    )
     .await;
     let text = proxy.scrape().await;
     let selected = |text: &str, backend: std::net::SocketAddr| {
