@@ -150,13 +150,7 @@ pub fn parse(
     main_text: &str,
     tenant_files: &[(PathBuf, String)],
 ) -> Result<Config, ConfigErrors> {
-    let input = Input {
-        main_file,
-        main_text,
-        tenant_files,
-        unreadable: Vec::new(),
-    };
-    assemble_config(input, &mut ParseCache::default(), Isolation::Strict)
+    parse_texts(main_file, main_text, tenant_files, Isolation::Strict)
 }
 
 /// `parse` as `load_isolating` does it: tenant files with errors are refused alone.
@@ -166,17 +160,27 @@ pub fn parse_isolating(
     tenant_files: &[(PathBuf, String)],
     last_good: Option<&Config>,
 ) -> Result<Config, ConfigErrors> {
+    parse_texts(
+        main_file,
+        main_text,
+        tenant_files,
+        Isolation::PerTenant(last_good),
+    )
+}
+
+fn parse_texts(
+    main_file: &Path,
+    main_text: &str,
+    tenant_files: &[(PathBuf, String)],
+    isolation: Isolation,
+) -> Result<Config, ConfigErrors> {
     let input = Input {
         main_file,
         main_text,
         tenant_files,
         unreadable: Vec::new(),
     };
-    assemble_config(
-        input,
-        &mut ParseCache::default(),
-        Isolation::PerTenant(last_good),
-    )
+    assemble_config(input, &mut ParseCache::default(), isolation)
 }
 
 /// The files of one load.

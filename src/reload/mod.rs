@@ -214,20 +214,16 @@ impl Reloader {
                 generation: current.generation,
             };
         }
+        drop(current);
         report_faults(&config);
         resolve_names(&mut config, Some(&state.last_good.resolved));
-        let generation = current.generation + 1;
-        let next = Snapshot::build(&config, generation, Some(&current));
-        drop(current);
-        let previous = self.snapshot.swap(Arc::new(next));
+        let generation = self.install(&config);
         crate::cache::configure(&config);
         let took = started.elapsed();
-        background::retire(previous);
         let m = crate::metrics::get();
         m.reload("applied");
         m.set_max_tenants(config.server.metrics_max_tenants);
         m.set_counting(config.server.metrics_enabled);
-        m.retain(&self.snapshot.load());
         m.set_refused_tenant_files(config.faults.len());
 
         let restart_required = restart_required(&state.started_with, &config.server);
@@ -294,12 +290,7 @@ impl Reloader {
         }
         let mut config = state.last_good.clone();
         config.resolved = Arc::new(resolved);
-        let current = self.snapshot.load_full();
-        let next = Snapshot::build(&config, current.generation + 1, Some(&current));
-        drop(current);
-        let previous = self.snapshot.swap(Arc::new(next));
-        background::retire(previous);
-        crate::metrics::get().retain(&self.snapshot.load());
+        self.install(&config);
         let reloads = std::mem::take(&mut state.status.reloads);
         let keep = state.status.clone();
         state.status = status_for(&self.snapshot.load(), &config, reloads);
@@ -307,6 +298,20 @@ impl Reloader {
         state.status.last_error = keep.last_error;
         state.status.restart_required = keep.restart_required;
         state.last_good = config;
+    }
+
+    /// Builds the next generation from `config` on top of the one serving (taking over the
+    /// state of unchanged backends), swaps it in, frees the old one off the request path and
+    /// drops metric series the new one no longer has. Returns the new generation.
+    fn install(&self, config: &Config) -> u64 {
+        let current = self.snapshot.load_full();
+        let generation = current.generation + 1;
+        let next = Snapshot::build(config, generation, Some(&current));
+        drop(current);
+        let previous = self.snapshot.swap(Arc::new(next));
+        background::retire(previous);
+        crate::metrics::get().retain(&self.snapshot.load());
+        generation
     }
 
     /// `apply_resolved` on a low-priority thread.
