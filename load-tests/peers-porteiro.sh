@@ -7,14 +7,17 @@
 #   peers.sh -p "porteiro=$PWD/load-tests/peers-porteiro.sh 18090@18090"
 #   peers.sh -s tls -p "porteiro=$PWD/load-tests/peers-porteiro.sh 18090 tls@18090"
 #
-# OBSERVE=on turns on per-tenant metrics and the access log (to a file in $WORK).
-# PORTEIRO overrides the binary (default: target/release/porteiro next to this script).
+# OBSERVE picks what is observed: "default" (what an operator gets without saying: per-tenant
+# metrics on, access log off), "on" (metrics and the access log, to a file in $WORK) or "off"
+# (both off). PORTEIRO overrides the binary (default: target/release/porteiro next to this
+# script); WRAP prefixes its command line (for example a profiler).
 set -euo pipefail
 port=${1:-18090}
 mode=${2:-plain}
-# OBSERVE=on: per-tenant metrics and the access log (to a file) on; off: both off.
-observe=${OBSERVE:-off}
-if [ "$observe" = on ]; then
+observe=${OBSERVE:-default}
+if [ "$observe" = default ]; then
+  observe_toml=""
+elif [ "$observe" = on ]; then
   observe_toml="[metrics]
 enabled = true
 [access_log]
@@ -61,4 +64,4 @@ $tls
 [pools.web]
 backends = ["$BACKEND"]
 TOML
-RUST_LOG=${RUST_LOG:-warn,rustls=error} exec "$bin" run -c "$dir/porteiro.toml"
+RUST_LOG=${RUST_LOG:-warn,rustls=error} exec ${WRAP:-} "$bin" run -c "$dir/porteiro.toml"
