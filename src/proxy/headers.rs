@@ -49,54 +49,105 @@ pub struct Forwarding<'a> {
 }
 
 pub fn apply(req: &mut RequestHeader, f: &Forwarding) -> pingora::Result<()> {
-    drop_underscore_twins(req, f.drop_underscore);
-    req.remove_header(X_TENANT_ID);
+    // One pass over the names the client sent finds what must go. Requests rarely carry any of
+    // them, and probing each of the ~25 names by hash cost more than all of porteiro's routing.
+    for name in doomed(req, f) {
+        req.remove_header(&name);
+    }
     req.insert_header(X_TENANT_ID, f.tenant_id.clone())?;
     req.insert_header(X_REQUEST_ID, f.request_id.clone())?;
 
-    let client = f.peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
     let prior = if f.trusted_peer {
         joined(req, X_FORWARDED_FOR)
     } else {
         None
     };
-    let xff = match prior {
-        Some(chain) if !client.is_empty() => format!("{chain}, {client}"),
-        Some(chain) => chain,
-        None => client,
+    let xff = match (prior, f.peer_ip) {
+        (Some(chain), Some(ip)) => HeaderValue::try_from(format!("{chain}, {ip}")).ok(),
+        (Some(chain), None) => HeaderValue::try_from(chain).ok(),
+        (None, Some(ip)) => Some(ip_value(ip)),
+        (None, None) => None,
     };
-    req.remove_header(X_FORWARDED_FOR);
-    if !xff.is_empty() {
-        req.insert_header(X_FORWARDED_FOR, xff)?;
+    match xff {
+        Some(v) => req.insert_header(X_FORWARDED_FOR, v)?,
+        None => drop(req.remove_header(X_FORWARDED_FOR)),
     }
     if !(f.trusted_peer && req.headers.contains_key(X_FORWARDED_PROTO)) {
-        req.insert_header(X_FORWARDED_PROTO, f.proto)?;
+        req.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto))?;
     }
+    // The Host header as sent is usually the host routed by: its value is shared, not copied.
+    let mut sent = req.headers.get_all(HOST).iter();
+    let sent_host = match (sent.next(), sent.next()) {
+        (Some(v), None) if v.as_bytes() == f.host.as_bytes() => Some(v.clone()),
+        _ => None,
+    };
+    let host_as_sent = sent_host.is_some();
+    let host = match sent_host {
+        Some(v) => Some(v),
+        None if f.host.is_empty() => None,
+        None => Some(HeaderValue::from_str(f.host).map_err(|_| {
+            pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "invalid host")
+        })?),
+    };
     if !(f.trusted_peer && req.headers.contains_key(X_FORWARDED_HOST)) {
-        req.remove_header(X_FORWARDED_HOST);
-        if !f.host.is_empty() {
-            req.insert_header(X_FORWARDED_HOST, f.host)?;
-        }
-    }
-    // RFC 7239 `Forwarded` says the same as X-Forwarded-*; porteiro does not write it, so an
-    // untrusted client's must not reach a backend that might believe it.
-    if !f.trusted_peer {
-        req.remove_header(FORWARDED);
-    }
-    if !f.trusted_peer {
-        for name in UNVOUCHED {
-            req.remove_header(*name);
+        match &host {
+            Some(v) => req.insert_header(X_FORWARDED_HOST, v.clone())?,
+            None => drop(req.remove_header(X_FORWARDED_HOST)),
         }
     }
     // Exactly one Host, the one porteiro routed by: a client's absolute-form URI with another
     // Host header must not reach the backend as the other tenant's host. (An HTTP/2 client
     // sends :authority and no Host; an HTTP/1.1 backend needs Host.)
-    if let Some(host) = f.host_rewrite {
-        req.insert_header(HOST, host.clone())?;
-    } else if !f.host.is_empty() {
-        req.insert_header(HOST, f.host)?;
+    if let Some(rewrite) = f.host_rewrite {
+        req.insert_header(HOST, rewrite.clone())?;
+    } else if let (Some(v), false) = (host, host_as_sent) {
+        req.insert_header(HOST, v)?;
     }
     Ok(())
+}
+
+/// The client's headers that must not reach the backend: RFC 7239 `Forwarded` (porteiro does
+/// not write it, so an untrusted client's must not reach a backend that might believe it) and
+/// `UNVOUCHED` from anyone but a trusted proxy, and underscore twins (`is_twin_of_ours`).
+fn doomed(req: &RequestHeader, f: &Forwarding) -> Vec<http::HeaderName> {
+    req.headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            let unvouched = name == FORWARDED || UNVOUCHED.contains(&name);
+            (unvouched && !f.trusted_peer)
+                || (name.contains('_') && (f.drop_underscore || is_twin_of_ours(name)))
+        })
+        .cloned()
+        .collect()
+}
+
+/// `X-Forwarded-For` for one address. IPv4, the common case, is written by hand: the
+/// formatting machinery cost more than the rest of this header's work.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static(""));
+    };
+    let mut buf = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        let digits = [octet / 100, octet / 10 % 10, octet % 10];
+        let skip = match octet {
+            100.. => 0,
+            10.. => 1,
+            _ => 2,
+        };
+        for d in &digits[skip..] {
+            buf[len] = b'0' + d;
+            len += 1;
+        }
+    }
+    // Digits and dots are always a valid header value.
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static(""))
 }
 
 /// Headers some backends believe (client address, scheme, port, prefix, a rewritten URL)
@@ -134,20 +185,8 @@ const VOUCHED: &[&str] = &[
 
 /// CGI, WSGI and Rack servers read `X_Tenant_Id` and `X-Tenant-Id` as one variable
 /// (`HTTP_X_TENANT_ID`), so a client's underscore twin of a header porteiro sets or vouches
-/// for could stand in for it. Such twins are dropped; with `all`, every name with `_` is.
-fn drop_underscore_twins(req: &mut RequestHeader, all: bool) {
-    let doomed: Vec<http::HeaderName> = req
-        .headers
-        .keys()
-        .filter(|name| name.as_str().contains('_'))
-        .filter(|name| all || is_twin_of_ours(name.as_str()))
-        .cloned()
-        .collect();
-    for name in doomed {
-        req.remove_header(&name);
-    }
-}
-
+/// for could stand in for it. Such twins are dropped; with `drop_underscore`, every name with
+/// `_` is.
 fn is_twin_of_ours(name: &str) -> bool {
     let dashed = name.replace('_', "-");
     VOUCHED.contains(&dashed.as_str()) || UNVOUCHED.contains(&dashed.as_str())
@@ -270,6 +309,10 @@ mod tests {
     }
 
     fn forward(r: &mut RequestHeader, trusted: bool) {
+        forward_with(r, trusted, false);
+    }
+
+    fn forward_with(r: &mut RequestHeader, trusted: bool, drop_underscore: bool) {
         let tenant = HeaderValue::from_static("acme");
         let rid = HeaderValue::from_static("rid-1");
         apply(
@@ -282,7 +325,7 @@ mod tests {
                 tenant_id: &tenant,
                 request_id: &rid,
                 host_rewrite: None,
-                drop_underscore: false,
+                drop_underscore,
             },
         )
         .unwrap();
@@ -422,11 +465,45 @@ mod tests {
         forward(&mut r, true);
         assert!(get(&r, "x_tenant_id").is_empty());
         let mut r = req(&[("my_app_header", "x")]);
-        drop_underscore_twins(&mut r, true);
+        forward_with(&mut r, false, true);
         assert!(
             get(&r, "my_app_header").is_empty(),
             "the broad rule drops all"
         );
+    }
+
+    #[test]
+    fn ipv4_addresses_are_written_as_the_standard_library_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "192.0.2.7",
+            "255.255.255.255",
+            "10.0.100.1",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(ip).to_str().unwrap(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn exactly_one_host_the_routed_one_reaches_the_backend() {
+        // Sent as routed: kept, and X-Forwarded-Host says the same.
+        let mut r = req(&[("Host", "acme.example.com")]);
+        forward(&mut r, false);
+        assert_eq!(get(&r, "host"), vec!["acme.example.com"]);
+        assert_eq!(get(&r, "x-forwarded-host"), vec!["acme.example.com"]);
+        // Another Host than the one routed by (absolute form): replaced.
+        let mut r = req(&[("Host", "other.example.com")]);
+        forward(&mut r, false);
+        assert_eq!(get(&r, "host"), vec!["acme.example.com"]);
+        assert_eq!(get(&r, "x-forwarded-host"), vec!["acme.example.com"]);
+        // Twins, even if one is the routed host, become one.
+        let mut r = req(&[("Host", "acme.example.com"), ("Host", "acme.example.com")]);
+        forward(&mut r, false);
+        assert_eq!(get(&r, "host"), vec!["acme.example.com"]);
     }
 
     #[test]
