@@ -10,7 +10,9 @@
 # OBSERVE picks what is observed: "default" (what an operator gets without saying: per-tenant
 # metrics on, access log off), "on" (metrics and the access log, to a file in $WORK) or "off"
 # (both off). PORTEIRO overrides the binary (default: target/release/porteiro next to this
-# script); WRAP prefixes its command line (for example a profiler).
+# script); WRAP prefixes its command line (for example a profiler). TENANTS=N configures N
+# tenants in all (x1.example.net ... on the same backend besides t0), to see what a large
+# configuration costs each request.
 set -euo pipefail
 port=${1:-18090}
 mode=${2:-plain}
@@ -64,4 +66,12 @@ $tls
 [pools.web]
 backends = ["$BACKEND"]
 TOML
+if [ "${TENANTS:-1}" -gt 1 ]; then
+  awk -v n="$TENANTS" -v dir="$dir/tenants.d" -v b="$BACKEND" 'BEGIN {
+    for (i = 1; i < n; i++) {
+      f = sprintf("%s/x%06d.toml", dir, i)
+      printf "id = \"x%d\"\nhosts = [\"x%d.example.net\"]\n[pools.web]\nbackends = [\"%s\"]\n", i, i, b > f
+      close(f)
+    } }'
+fi
 RUST_LOG=${RUST_LOG:-warn,rustls=error} exec ${WRAP:-} "$bin" run -c "$dir/porteiro.toml"
