@@ -9,7 +9,7 @@ pub(super) fn write_access_log(session: &Session, ctx: &RequestCtx, status: u16)
     let req = session.req_header();
     let millis = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
     access_log::log(&access_log::Entry {
-        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        time: access_log::Time(std::time::SystemTime::now()),
         tenant: ctx.tenant_id(),
         host: headers::request_host(req).unwrap_or(""),
         method: req.method.as_str(),
@@ -25,7 +25,7 @@ pub(super) fn write_access_log(session: &Session, ctx: &RequestCtx, status: u16)
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .unwrap_or(""),
-        client_ip: ctx.client_ip.map(|ip| ip.to_string()),
+        client_ip: ctx.client_ip,
         tls: ctx.tls,
         h2: session.is_http2(),
         cache: ctx.cache.as_ref().and_then(|c| c.result),
