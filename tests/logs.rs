@@ -66,6 +66,10 @@ async fn failed_client_handshakes_are_counted_not_logged() {
             })
             .map_or(0, |v| v.parse().unwrap())
     };
+    eventually(WAIT, "the probe's failed handshake is counted", || async {
+        failures(proxy.scrape().await) >= 1
+    })
+    .await;
     let before = failures(proxy.scrape().await);
     for _ in 0..5 {
         let mut s = tokio::net::TcpStream::connect(tls).await.unwrap();
@@ -79,6 +83,7 @@ async fn failed_client_handshakes_are_counted_not_logged() {
         failures(proxy.scrape().await) >= before + 5
     })
     .await;
+    assert_eq!(failures(proxy.scrape().await), before + 5);
     let logs = proxy.logs();
     assert!(!logs.contains("handshake error"), "{logs}");
     assert!(!logs.contains('\u{1b}'), "colour codes in a file:\n{logs}");

@@ -282,7 +282,7 @@ async fn label_slots_follow_traffic_and_removed_backends_lose_their_series() {
         "t2.toml",
         &one_pool_tenant("t2", &["t2.test"], &[a.addr], ""),
     );
-    proxy.reload().await;
+    assert_eq!(proxy.reload().await["result"], "applied");
     let text = proxy.scrape().await;
     assert_eq!(
         selected(&text, b.addr),
@@ -318,4 +318,8 @@ async fn state_gauges_need_no_traffic_and_no_request_counting() {
         text.contains(r#"porteiro_quota_limit_requests{tenant="t1"} 100"#),
         "{text}"
     );
+    // Counting is off: a request served leaves no request series.
+    assert_eq!(get(&client(), &proxy, "t1.test", "/").await.status, 200);
+    let text = proxy.scrape().await;
+    assert!(!text.contains("porteiro_requests_total{"), "{text}");
 }

@@ -76,14 +76,22 @@ async fn an_upgrade_under_load_fails_no_request() {
     assert_eq!(failed, 0, "of {sent} requests");
 }
 
-#[test]
-fn an_upgrade_with_a_broken_main_file_leaves_the_old_process_alone() {
-    let cfg = ConfigDir::new("threads = 0");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_with_a_broken_main_file_leaves_the_old_process_alone() {
+    let a = Backend::start("a").await;
+    let cfg = ConfigDir::new("upgrade_socket = \"run/upgrade.sock\"");
+    cfg.tenant("t.toml", &one_pool_tenant("t", &["t.test"], &[a.addr], ""));
+    let mut old = Proxy::start(&cfg);
+    cfg.write_main("threads = 0\nupgrade_socket = \"run/upgrade.sock\"");
     let out = std::process::Command::new(BIN)
-        .args(["upgrade", "--pid", &std::process::id().to_string(), "-c"])
+        .args(["upgrade", "--pid", &old.pid().to_string(), "-c"])
         .arg(cfg.main_file())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("keeps serving"));
+    // Left alone: not signalled, still serving.
+    let exited = tokio::task::block_in_place(|| old.wait_exit(Duration::from_millis(500)));
+    assert!(!exited, "the old process exited:\n{}", old.logs());
+    assert_eq!(get(&client(), &old, "t.test", "/").await.status, 200);
 }

@@ -94,7 +94,12 @@ fn a_new_broken_file_is_not_served_and_a_strict_load_refuses_everything() {
         "still watched"
     );
     let strict = super::tests::tenants(&files).unwrap_err();
-    assert_eq!(strict.0.len(), c.faults[0].errors.len());
+    let keys = |errs: &[ConfigError]| -> Vec<(PathBuf, String)> {
+        errs.iter()
+            .map(|e| (e.file.clone(), e.key.clone()))
+            .collect()
+    };
+    assert_eq!(keys(&strict.0), keys(&c.faults[0].errors));
 }
 
 #[test]
@@ -190,5 +195,7 @@ fn a_serving_tenant_keeps_its_host_against_a_file_that_sorts_earlier() {
     .unwrap();
     assert_eq!(v3.tenants.len(), 1);
     assert_eq!(v3.tenants[0].file, Path::new("/c/tenants.d/b.toml"));
+    assert_eq!(v3.faults.len(), 1);
+    assert_eq!(v3.faults[0].file, Path::new("/c/tenants.d/a.toml"));
     assert_eq!(v3.faults[0].errors[0].key, "id");
 }
