@@ -199,3 +199,27 @@ fn a_serving_tenant_keeps_its_host_against_a_file_that_sorts_earlier() {
     assert_eq!(v3.faults[0].file, Path::new("/c/tenants.d/a.toml"));
     assert_eq!(v3.faults[0].errors[0].key, "id");
 }
+
+#[test]
+fn a_tenant_file_is_lost_only_when_nothing_of_it_is_left() {
+    let v1 = load(
+        &[
+            ("a.toml", &tenant("a", "a.test", 1)),
+            ("b.toml", &tenant("b", "b.test", 1)),
+        ],
+        None,
+    )
+    .unwrap();
+    let gone = load(&[("a.toml", &tenant("a", "a.test", 1))], Some(&v1)).unwrap();
+    assert!(lost_tenant_file(&v1, &gone));
+    let broken = load(
+        &[("a.toml", &tenant("a", "a.test", 1)), ("b.toml", "id = ")],
+        Some(&v1),
+    )
+    .unwrap();
+    assert!(!lost_tenant_file(&v1, &broken), "refused, not lost");
+    // A file that could not be read is not among the sources, but its last good version serves.
+    let mut unreadable = broken.clone();
+    unreadable.sources.retain(|p| !p.ends_with("b.toml"));
+    assert!(!lost_tenant_file(&v1, &unreadable));
+}

@@ -452,6 +452,22 @@ fn digest(
     format!("{:016x}", h.finish())
 }
 
+/// Whether a tenant file serving in `before` is missing from `now`.
+pub fn lost_tenant_file(before: &Config, now: &Config) -> bool {
+    // A file kept from its last good version (unreadable now) or refused is still there.
+    let present: std::collections::HashSet<&Path> = now
+        .sources
+        .iter()
+        .map(PathBuf::as_path)
+        .chain(now.tenants.iter().map(|t| t.file.as_path()))
+        .chain(now.faults.iter().map(|f| f.file.as_path()))
+        .collect();
+    before
+        .tenants
+        .iter()
+        .any(|t| !present.contains(t.file.as_path()))
+}
+
 #[cfg(test)]
 mod assemble_tests;
 #[cfg(test)]

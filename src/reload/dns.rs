@@ -78,6 +78,7 @@ impl BackgroundService for DnsRefresher {
             }
             let (server, names) = self.reloader.dns_names();
             due.retain(|n, _| names.contains_key(n));
+            failing.retain(|n| names.contains_key(n));
             let now = Instant::now();
             let known = self.reloader.resolved();
             // Names resolved at load are first due one refresh later; the others soon.

@@ -175,7 +175,7 @@ impl Reloader {
             config::load_isolating(&self.main_file, &mut state.cache, Some(&state.last_good));
         if loaded
             .as_ref()
-            .is_ok_and(|c| lost_tenant_file(&state.last_good, c))
+            .is_ok_and(|c| crate::config::lost_tenant_file(&state.last_good, c))
         {
             // Editors delete a file and write it anew: a reload that reads the directory in
             // between would drop the tenant. Look again before dropping anybody.
@@ -224,11 +224,16 @@ impl Reloader {
         m.reload("applied");
         m.set_max_tenants(config.server.metrics_max_tenants);
         m.set_counting(config.server.metrics_enabled);
-        m.set_refused_tenant_files(config.faults.len());
 
         let restart_required = restart_required(&state.started_with, &config.server);
         for key in &restart_required {
-            tracing::warn!(key = %key, "changed in the files but needs a restart (or graceful upgrade) to apply");
+            if key == "server.upgrade_socket" {
+                // The running process hands its sockets over through the path it started
+                // with: an upgrade to a new path would find nobody waiting there.
+                tracing::warn!(key = %key, "changed in the files but needs a restart to apply (not a graceful upgrade)");
+            } else {
+                tracing::warn!(key = %key, "changed in the files but needs a restart (or graceful upgrade) to apply");
+            }
         }
         let mut reloads = std::mem::take(&mut state.status.reloads);
         reloads.applied += 1;
@@ -385,16 +390,6 @@ impl Reloader {
 
 /// How long a reload that finds a tenant file gone waits before it reads the directory again.
 const RELIST_PAUSE: std::time::Duration = std::time::Duration::from_millis(300);
-
-/// Whether a tenant file serving in `before` is missing from `now`.
-fn lost_tenant_file(before: &Config, now: &Config) -> bool {
-    let present: std::collections::HashSet<&Path> =
-        now.sources.iter().map(PathBuf::as_path).collect();
-    before
-        .tenants
-        .iter()
-        .any(|t| !present.contains(t.file.as_path()))
-}
 
 /// The `[server]` keys whose change only a restart applies, by name.
 /// The admin listener stays where it was bound until a restart, so the token rule (a
