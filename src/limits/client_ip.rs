@@ -6,9 +6,10 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-pub fn client_ip(
+/// `forwarded_for`: the `X-Forwarded-For` header values, in order.
+pub fn client_ip<'a>(
     peer: Option<IpAddr>,
-    forwarded_for: &[&str],
+    forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
     trusted: &[IpNet],
 ) -> Option<IpAddr> {
     let peer = peer?;
@@ -17,7 +18,7 @@ pub fn client_ip(
         return Some(peer);
     }
     let mut last = peer;
-    for entry in forwarded_for.iter().rev().flat_map(|h| h.rsplit(',')) {
+    for entry in forwarded_for.rev().flat_map(|h| h.rsplit(',')) {
         let Some(ip) = parse_entry(entry.trim()) else {
             // Garbage in the chain: stop at the last address we could vouch for.
             return Some(last);
@@ -66,24 +67,28 @@ mod tests {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         // An untrusted peer's header is ignored, whatever it claims.
         assert_eq!(
-            client_ip(Some(ip("203.0.113.9")), &["1.2.3.4"], &trusted),
+            client_ip(Some(ip("203.0.113.9")), ["1.2.3.4"].into_iter(), &trusted),
             Some(ip("203.0.113.9"))
         );
         // Behind a trusted proxy: the rightmost untrusted entry, not the spoofable leftmost.
         assert_eq!(
             client_ip(
                 Some(ip("10.0.0.2")),
-                &["6.6.6.6, 198.51.100.7, 10.0.0.3"],
+                ["6.6.6.6, 198.51.100.7, 10.0.0.3"].into_iter(),
                 &trusted
             ),
             Some(ip("198.51.100.7"))
         );
         assert_eq!(
-            client_ip(Some(ip("10.0.0.2")), &[], &trusted),
+            client_ip(Some(ip("10.0.0.2")), std::iter::empty(), &trusted),
             Some(ip("10.0.0.2"))
         );
         assert_eq!(
-            client_ip(Some(ip("10.0.0.2")), &["junk, 10.0.0.5"], &trusted),
+            client_ip(
+                Some(ip("10.0.0.2")),
+                ["junk, 10.0.0.5"].into_iter(),
+                &trusted
+            ),
             Some(ip("10.0.0.5"))
         );
     }
@@ -112,7 +117,7 @@ mod tests {
             ("::ffff:198.51.100.7", "198.51.100.7"),
         ] {
             assert_eq!(
-                client_ip(Some(ip("10.0.0.2")), &[entry], &trusted),
+                client_ip(Some(ip("10.0.0.2")), [entry].into_iter(), &trusted),
                 Some(ip(want)),
                 "{entry}"
             );
@@ -121,7 +126,7 @@ mod tests {
         assert_eq!(
             client_ip(
                 Some(ip("10.0.0.2")),
-                &["198.51.100.7, ::ffff:10.0.0.3"],
+                ["198.51.100.7, ::ffff:10.0.0.3"].into_iter(),
                 &trusted
             ),
             Some(ip("198.51.100.7"))

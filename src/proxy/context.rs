@@ -27,6 +27,8 @@ pub struct RequestCtx {
     pub request_id: Option<HeaderValue>,
     /// The socket peer (IPv4-mapped addresses read as IPv4).
     pub peer_ip: Option<IpAddr>,
+    /// The peer is inside `trusted_proxies`: its forwarding headers are believed and extended.
+    pub trusted_peer: bool,
     /// The client: the peer, or behind `trusted_proxies` the address they forwarded for.
     /// The one address hashing, limits and logs use.
     pub client_ip: Option<IpAddr>,
@@ -82,6 +84,7 @@ impl Default for RequestCtx {
             pool: None,
             request_id: None,
             peer_ip: None,
+            trusted_peer: false,
             client_ip: None,
             hash_key: 0,
             tried: Vec::new(),

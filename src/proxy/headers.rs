@@ -16,20 +16,27 @@ const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
 const FORWARDED: &str = "forwarded";
 
-/// The client behind the peer: the peer itself unless it is a trusted proxy, then the
-/// address the forwarding chain vouches for (`limits::client_ip`).
-pub fn client_ip(req: &RequestHeader, peer: Option<IpAddr>, trusted: &[IpNet]) -> Option<IpAddr> {
-    let ip = peer?;
-    if !trusted.iter().any(|net| net.contains(&ip)) {
+/// The client behind the peer: the peer itself unless it is a trusted proxy (`trusted_peer`),
+/// then the address the forwarding chain vouches for (`limits::client_ip`).
+pub fn client_ip(
+    req: &RequestHeader,
+    peer: Option<IpAddr>,
+    trusted_peer: bool,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
+    if !trusted_peer {
         return peer;
     }
-    let chain: Vec<&str> = req
-        .headers
+    crate::limits::client_ip(peer, forwarded_for(req), trusted)
+}
+
+/// The `X-Forwarded-For` values a trusted proxy sent, in order; values that are not text are
+/// skipped, the same way for the client address and for the chain passed on.
+fn forwarded_for(req: &RequestHeader) -> impl DoubleEndedIterator<Item = &str> {
+    req.headers
         .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .collect();
-    crate::limits::client_ip(peer, &chain, trusted)
 }
 
 /// What the proxy knows about the request that the backend should be told.
@@ -58,7 +65,7 @@ pub fn apply(req: &mut RequestHeader, f: &Forwarding) -> pingora::Result<()> {
     req.insert_header(X_REQUEST_ID, f.request_id.clone())?;
 
     let prior = if f.trusted_peer {
-        joined(req, X_FORWARDED_FOR)
+        joined_chain(req)
     } else {
         None
     };
@@ -188,8 +195,14 @@ const VOUCHED: &[&str] = &[
 /// for could stand in for it. Such twins are dropped; with `drop_underscore`, every name with
 /// `_` is.
 fn is_twin_of_ours(name: &str) -> bool {
-    let dashed = name.replace('_', "-");
-    VOUCHED.contains(&dashed.as_str()) || UNVOUCHED.contains(&dashed.as_str())
+    let same = |ours: &&str| {
+        ours.len() == name.len()
+            && ours
+                .bytes()
+                .zip(name.bytes())
+                .all(|(o, n)| o == n || (o == b'-' && n == b'_'))
+    };
+    VOUCHED.iter().any(same) || UNVOUCHED.iter().any(same)
 }
 
 /// Content-Length values that disagree or are not a number.
@@ -235,14 +248,11 @@ pub fn single_host(req: &RequestHeader) -> bool {
     req.headers.get_all(HOST).iter().nth(1).is_none()
 }
 
-/// Every value of a repeated header, joined by ", " as RFC 9110 allows.
-fn joined(req: &RequestHeader, name: &str) -> Option<String> {
+/// The forwarding chain so far: every `X-Forwarded-For` value, joined by ", " as RFC 9110
+/// allows.
+fn joined_chain(req: &RequestHeader) -> Option<String> {
     let mut out: Option<String> = None;
-    for v in req.headers.get_all(name) {
-        let v = v.to_str().ok()?.trim();
-        if v.is_empty() {
-            continue;
-        }
+    for v in forwarded_for(req).map(str::trim).filter(|v| !v.is_empty()) {
         match &mut out {
             Some(s) => {
                 s.push_str(", ");

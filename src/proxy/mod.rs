@@ -66,8 +66,13 @@ impl ProxyHttp for Porteiro {
             // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; trusted_proxies,
             // limits and logs mean the IPv4 address.
             .map(|a| a.ip().to_canonical());
-        ctx.client_ip =
-            headers::client_ip(session.req_header(), ctx.peer_ip, &snap.trusted_proxies);
+        ctx.trusted_peer = ctx.peer_ip.is_some_and(|ip| snap.is_trusted_proxy(ip));
+        ctx.client_ip = headers::client_ip(
+            session.req_header(),
+            ctx.peer_ip,
+            ctx.trusted_peer,
+            &snap.trusted_proxies,
+        );
         let answer = self.decide(session, ctx, &snap, sni.as_deref());
         ctx.snapshot = Some(snap);
         self.answer(session, ctx, answer).await
@@ -278,13 +283,12 @@ impl ProxyHttp for Porteiro {
                 upstream.set_uri(uri);
             }
         }
-        let trusted_peer = ctx.peer_ip.is_some_and(|ip| snap.is_trusted_proxy(ip));
         let host = headers::request_host(session.req_header()).unwrap_or("");
         headers::apply(
             upstream,
             &headers::Forwarding {
                 peer_ip: ctx.peer_ip,
-                trusted_peer,
+                trusted_peer: ctx.trusted_peer,
                 proto: if ctx.tls { "https" } else { "http" },
                 host,
                 tenant_id: &snap.tenants[t as usize].id_header,
@@ -360,9 +364,10 @@ impl ProxyHttp for Porteiro {
         }
     }
 
-    /// pingora's own `Fail to proxy` line: `fail_to_proxy` already wrote the one line a failed
-    /// request gets (`request failed`, with tenant, pool, backend, attempts and status), and a
-    /// client's own failure (a hang-up, a stalled upload) is not worth a line at all.
+    /// pingora's own `Fail to proxy` line: `fail_to_proxy` writes the one line a failed request
+    /// gets when porteiro or a backend is at fault (`request failed`, status 500 and up, with
+    /// tenant, pool, backend, attempts and status). A client's own failure (a hang-up, a stalled
+    /// upload, a 4xx) gets no line: it is counted by status in the metrics and the access log.
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _e: &Error) -> bool {
         true
     }
