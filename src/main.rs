@@ -30,7 +30,7 @@ fn main() -> ExitCode {
 /// Warnings (an expired certificate) do not fail.
 fn check(path: &std::path::Path, main_only: bool) -> ExitCode {
     let loaded = porteiro::config::load_isolating(path, &mut Default::default(), None);
-    let config = match loaded {
+    let mut config = match loaded {
         Ok(config) => config,
         Err(errors) => {
             for e in &errors.0 {
@@ -48,15 +48,8 @@ fn check(path: &std::path::Path, main_only: bool) -> ExitCode {
         eprintln!("warning: {w}");
     }
     // A name that does not resolve now may resolve later (a container not started yet).
-    let names: Vec<String> = porteiro::dns::names_of(&config).into_keys().collect();
-    let mut lookups: Vec<_> = porteiro::dns::lookup_all_blocking(config.server.resolver, &names)
-        .into_iter()
-        .collect();
-    lookups.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, answer) in lookups {
-        if let Err(e) = answer {
-            eprintln!("warning: backend name `{name}` does not resolve now ({e}); porteiro keeps trying while it runs");
-        }
+    for (name, e) in porteiro::reload::resolve_names_quietly(&mut config, None) {
+        eprintln!("warning: backend name `{name}` does not resolve now ({e}); porteiro keeps trying while it runs");
     }
     let c = Snapshot::build(&config, 0, None).counts();
     if config.faults.is_empty() {

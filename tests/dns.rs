@@ -223,3 +223,20 @@ fn check_refuses_a_malformed_name() {
         "{err}"
     );
 }
+
+/// `check` counts the addresses a name resolves to as the backends `run` would serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_counts_the_backends_a_name_resolves_to() {
+    let dns = Dns::start(&[Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)]).await;
+    let cfg = ConfigDir::new(&format!("resolver = \"{}\"", dns.addr));
+    cfg.tenant(
+        "app.toml",
+        "id = \"app\"\nhosts = [\"app.test\"]\n[pools.web]\nbackends = [\"app.internal:80\"]\n",
+    );
+    let main = cfg.main_file();
+    let (code, out, err) = tokio::task::spawn_blocking(move || check(&main))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 pools, 2 backends"), "{out}");
+}

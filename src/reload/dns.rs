@@ -23,8 +23,24 @@ const TICK: Duration = Duration::from_millis(250);
 const RETRY: Duration = Duration::from_secs(2);
 
 /// Fills `config.resolved`: a name `before` has keeps its addresses (the refresher keeps them
-/// current); a new name is looked up now, within `dns::LOOKUP_LIMIT`.
+/// current); a new name is looked up now, within `dns::LOOKUP_LIMIT`. A name that fails is
+/// logged and counted, and adds no backend until it resolves.
 pub fn resolve_names(config: &mut Config, before: Option<&Resolved>) {
+    for (name, error) in resolve_names_quietly(config, before) {
+        crate::metrics::get().dns_failed(&name);
+        tracing::warn!(
+            name,
+            error,
+            "cannot resolve a backend name; it adds no backend until it resolves"
+        );
+    }
+}
+
+/// `resolve_names` without logging: the names that failed, with why, in name order.
+pub fn resolve_names_quietly(
+    config: &mut Config,
+    before: Option<&Resolved>,
+) -> Vec<(String, String)> {
     let wanted = dns::names_of(config);
     let mut table = Resolved::new();
     let mut missing = Vec::new();
@@ -36,22 +52,18 @@ pub fn resolve_names(config: &mut Config, before: Option<&Resolved>) {
             None => missing.push(name.clone()),
         }
     }
+    let mut failed = Vec::new();
     for (name, answer) in dns::lookup_all_blocking(config.server.resolver, &missing) {
         match answer {
             Ok(a) => {
                 table.insert(name, a.addrs);
             }
-            Err(error) => {
-                crate::metrics::get().dns_failed(&name);
-                tracing::warn!(
-                    name,
-                    error,
-                    "cannot resolve a backend name; it adds no backend until it resolves"
-                );
-            }
+            Err(error) => failed.push((name, error)),
         }
     }
+    failed.sort();
     config.resolved = Arc::new(table);
+    failed
 }
 
 pub struct DnsRefresher {

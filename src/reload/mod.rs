@@ -14,7 +14,7 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
 
-pub use dns::{resolve_names, DnsRefresher};
+pub use dns::{resolve_names, resolve_names_quietly, DnsRefresher};
 pub use triggers::{ConfigWatcher, HangupReloader};
 
 use crate::config::model::{Config, ServerConfig};
@@ -121,8 +121,6 @@ pub struct Status {
 struct State {
     /// The server settings the running listeners were started with.
     started_with: ServerConfig,
-    /// The server settings of the configuration serving now.
-    current: ServerConfig,
     status: Status,
     /// Parsed tenant files of the last load, so a reload re-parses only what changed.
     cache: config::ParseCache,
@@ -156,7 +154,6 @@ impl Reloader {
             admin_token: ArcSwapOption::new(config.server.admin_token.clone().map(Arc::new)),
             state: Mutex::new(State {
                 started_with: config.server.clone(),
-                current: config.server.clone(),
                 status,
                 cache,
                 last_good: config.clone(),
@@ -240,7 +237,6 @@ impl Reloader {
         state.status = status_for(&self.snapshot.load(), &config, reloads);
         state.status.last_reload_ms = Some(took.as_millis() as u64);
         state.status.restart_required = restart_required;
-        state.current = config.server.clone();
         let refused = state.status.tenant_errors.clone();
         self.admin_token
             .store(config.server.admin_token.clone().map(Arc::new));
@@ -354,7 +350,7 @@ impl Reloader {
                 .parent()
                 .unwrap_or(Path::new("."))
                 .to_path_buf(),
-            state.current.tenants_dir.clone(),
+            state.last_good.server.tenants_dir.clone(),
         ];
         for source in &state.status.sources {
             if let Some(dir) = Path::new(source).parent() {
