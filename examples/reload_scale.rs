@@ -22,15 +22,17 @@ fn main() {
     write_config(dir.path(), tenants);
     let main_file = dir.path().join("porteiro.toml");
 
+    // As the running proxy does: parsed files are cached from one reload to the next, and
+    // each reload is checked against the last good configuration, which stays in memory.
+    let mut cache = config::ParseCache::default();
     let t = Instant::now();
-    let cfg = config::load(&main_file).expect("valid config");
-    let first = Snapshot::build(&cfg, 1, None);
+    let mut last_good = config::load_isolating(&main_file, &mut cache, None).expect("valid config");
+    let first = Snapshot::build(&last_good, 1, None);
     println!(
         "initial load+build: {:?} ({} hosts)",
         t.elapsed(),
         first.counts().hosts
     );
-    drop(cfg);
     let serving_rss = rss_kib("VmRSS");
     reset_peak();
 
@@ -42,17 +44,16 @@ fn main() {
     .expect("write");
     let mut times = Vec::new();
     let mut previous = first;
-    // As the running proxy does: parsed files are cached from one reload to the next.
-    let mut cache = config::ParseCache::default();
-    config::load_cached(&main_file, &mut cache).expect("valid config");
     for generation in 2..=6 {
         let t = Instant::now();
-        let cfg = config::load_cached(&main_file, &mut cache).expect("valid config");
+        let cfg =
+            config::load_isolating(&main_file, &mut cache, Some(&last_good)).expect("valid config");
         let load = t.elapsed();
         let next = Snapshot::build(&cfg, generation, Some(&previous));
         let total = t.elapsed();
         times.push((load, total));
         previous = next;
+        last_good = cfg;
     }
     let peak = rss_kib("VmHWM");
     let t = Instant::now();
