@@ -94,7 +94,7 @@ impl BackgroundService for DnsRefresher {
             let now = Instant::now();
             let known = self.reloader.resolved();
             // Names resolved at load are first due one refresh later; the others soon.
-            for (name, every) in &names {
+            for (name, every) in names.iter() {
                 let first = if known.contains_key(name) {
                     *every
                 } else {

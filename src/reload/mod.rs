@@ -127,7 +127,8 @@ struct State {
     /// The configuration serving now: a refused tenant file keeps its version from here.
     last_good: Config,
     /// The DNS names its pools use, with how often each is resolved again.
-    dns_names: std::collections::BTreeMap<String, std::time::Duration>,
+    /// Shared with the DNS refresher, which asks for it four times a second.
+    dns_names: Arc<std::collections::BTreeMap<String, std::time::Duration>>,
 }
 
 pub struct Reloader {
@@ -157,7 +158,7 @@ impl Reloader {
                 status,
                 cache,
                 last_good: config.clone(),
-                dns_names: crate::dns::names_of(config),
+                dns_names: Arc::new(crate::dns::names_of(config)),
             }),
         }
     }
@@ -240,7 +241,7 @@ impl Reloader {
         let refused = state.status.tenant_errors.clone();
         self.admin_token
             .store(config.server.admin_token.clone().map(Arc::new));
-        state.dns_names = crate::dns::names_of(&config);
+        state.dns_names = Arc::new(crate::dns::names_of(&config));
         state.last_good = config;
         let c = self.snapshot.load().counts();
         tracing::info!(
@@ -264,7 +265,7 @@ impl Reloader {
         &self,
     ) -> (
         Option<std::net::SocketAddr>,
-        std::collections::BTreeMap<String, std::time::Duration>,
+        Arc<std::collections::BTreeMap<String, std::time::Duration>>,
     ) {
         let state = self.lock();
         (state.last_good.server.resolver, state.dns_names.clone())
@@ -289,16 +290,15 @@ impl Reloader {
         if *state.last_good.resolved == resolved {
             return;
         }
-        let mut config = state.last_good.clone();
-        config.resolved = Arc::new(resolved);
-        self.install(&config);
+        // The configuration is otherwise the same: changed in place, not copied.
+        state.last_good.resolved = Arc::new(resolved);
+        self.install(&state.last_good);
         let reloads = std::mem::take(&mut state.status.reloads);
-        let keep = state.status.clone();
-        state.status = status_for(&self.snapshot.load(), &config, reloads);
-        state.status.last_reload_ms = keep.last_reload_ms;
-        state.status.last_error = keep.last_error;
-        state.status.restart_required = keep.restart_required;
-        state.last_good = config;
+        let mut status = status_for(&self.snapshot.load(), &state.last_good, reloads);
+        status.last_reload_ms = state.status.last_reload_ms;
+        status.last_error = state.status.last_error.take();
+        status.restart_required = std::mem::take(&mut state.status.restart_required);
+        state.status = status;
     }
 
     /// Builds the next generation from `config` on top of the one serving (taking over the
