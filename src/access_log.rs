@@ -34,6 +34,10 @@ pub struct Entry<'a> {
     pub upstream_ms: Option<f64>,
     pub request_id: &'a str,
     pub client_ip: Option<IpAddr>,
+    /// The trusted proxy the request came through, when `client_ip` is the address it
+    /// forwarded for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<IpAddr>,
     pub tls: bool,
     pub h2: bool,
     /// The cache result for cached tenants (hit, miss, stale, revalidated, bypass, coalesced).
@@ -216,6 +220,7 @@ mod tests {
             upstream_ms: None,
             request_id: "rid",
             client_ip: Some("2001:db8::7".parse().unwrap()),
+            peer: None,
             tls: false,
             h2: false,
             cache: None,
@@ -225,5 +230,6 @@ mod tests {
         assert_eq!(line["client_ip"], "2001:db8::7");
         assert_eq!(line["upstream_ms"], serde_json::Value::Null);
         assert!(line.get("cache").is_none());
+        assert!(line.get("peer").is_none());
     }
 }

@@ -178,4 +178,8 @@ async fn client_ip_hashing_behind_a_trusted_proxy_uses_the_forwarded_client() {
     let text = std::fs::read_to_string(&log).unwrap();
     let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(first["client_ip"], "198.51.100.1", "{first}");
+    assert_eq!(
+        first["peer"], "127.0.0.1",
+        "the trusted proxy it came through: {first}"
+    );
 }

@@ -121,6 +121,10 @@ async fn per_tenant_counters_and_histograms_match_the_traffic() {
     assert_eq!(post_line["bytes_in"], 5);
     assert_eq!(post_line["upstream"], a.addr.to_string());
     assert_eq!(post_line["client_ip"], "127.0.0.1");
+    assert!(
+        post_line.get("peer").is_none(),
+        "no trusted proxy in between"
+    );
     assert_eq!(post_line["tls"], false);
     assert!(post_line["request_id"]
         .as_str()

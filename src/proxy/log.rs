@@ -26,6 +26,7 @@ pub(super) fn write_access_log(session: &Session, ctx: &RequestCtx, status: u16)
             .and_then(|v| v.to_str().ok())
             .unwrap_or(""),
         client_ip: ctx.client_ip,
+        peer: ctx.peer_ip.filter(|_| ctx.trusted_peer),
         tls: ctx.tls,
         h2: session.is_http2(),
         cache: ctx.cache.as_ref().and_then(|c| c.result),
