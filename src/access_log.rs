@@ -34,8 +34,8 @@ pub struct Entry<'a> {
     pub upstream_ms: Option<f64>,
     pub request_id: &'a str,
     pub client_ip: Option<IpAddr>,
-    /// The trusted proxy the request came through, when `client_ip` is the address it
-    /// forwarded for.
+    /// The proxy in `trusted_proxies` the request came through (then `client_ip` is the
+    /// address its `X-Forwarded-For` vouches for).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<IpAddr>,
     pub tls: bool,
