@@ -423,6 +423,25 @@ mod tests {
     }
 
     #[test]
+    fn a_forwarded_for_value_that_is_not_text_is_skipped_alike_for_the_chain_and_the_client() {
+        let trusted: Vec<IpNet> = vec!["192.0.2.0/24".parse().unwrap()];
+        let mut r = req(&[("X-Forwarded-For", "203.0.113.1")]);
+        r.append_header("X-Forwarded-For", HeaderValue::from_bytes(b"\xff").unwrap())
+            .unwrap();
+        r.append_header("X-Forwarded-For", "198.51.100.2").unwrap();
+        let peer = Some("192.0.2.7".parse().unwrap());
+        assert_eq!(
+            client_ip(&r, peer, true, &trusted),
+            Some("198.51.100.2".parse().unwrap())
+        );
+        forward(&mut r, true);
+        assert_eq!(
+            get(&r, "x-forwarded-for"),
+            vec!["203.0.113.1, 198.51.100.2, 192.0.2.7"]
+        );
+    }
+
+    #[test]
     fn request_ids_are_kept_only_when_sane() {
         assert_eq!(request_id(&req(&[("X-Request-Id", "abc-123")])), "abc-123");
         for bad in ["", "has space", "semi;colon", &"x".repeat(129)] {
