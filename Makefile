@@ -1,15 +1,30 @@
 # porteiro: `make run` starts the proxy on conf/porteiro.toml, `make test` runs every test.
-# Both install what a fresh Debian machine with only a Rust toolchain lacks (cmake, for pingora).
+# Both install what a fresh Debian machine with only a Rust toolchain lacks: cmake (for pingora)
+# and redis-server (the fleet-mode tests run their own, on a free loopback port).
 
 CONFIG ?= conf/porteiro.toml
 
-.PHONY: run test check deps lint bench promcheck
+.PHONY: run test check deps test-deps lint bench promcheck
 
-deps:
-	@command -v cmake >/dev/null 2>&1 || { \
-	  echo "installing cmake (needed to build pingora)"; \
+# Installs the Debian packages named in PKGS that are missing (as root, or with sudo).
+define install_missing
+	@missing=""; for p in $(1); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq cmake; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+	    || echo "could not install$$missing"; \
+	fi
+endef
+
+# cmake builds pingora.
+deps:
+	$(call install_missing,cmake)
+
+# The fleet-mode tests start redis-server processes of their own on free loopback ports (and
+# are skipped, saying so, when it cannot be installed).
+test-deps: deps
+	$(call install_missing,redis-server)
 
 run: deps
 	cargo run --release -- run -c $(CONFIG)
@@ -17,7 +32,7 @@ run: deps
 check: deps
 	cargo run --release -- check -c $(CONFIG)
 
-test: deps
+test: test-deps
 	cargo test --all-targets
 	@$(MAKE) --no-print-directory promcheck
 

@@ -17,6 +17,7 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::Admin;
+use crate::cluster::{Cluster, ClusterService};
 use crate::config::{self, model::Config, ConfigErrors};
 use crate::conn::Frontend;
 use crate::proxy::Porteiro;
@@ -30,6 +31,8 @@ pub enum StartError {
     Config(ConfigErrors),
     #[error("cannot set up TLS: {0}")]
     Tls(String),
+    #[error("cannot set up [cluster]: {0}")]
+    Cluster(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -73,7 +76,18 @@ pub fn prepare(config_file: &Path, opts: &RunOptions) -> Result<Prepared, StartE
     crate::metrics::get().set_max_tenants(config.server.metrics_max_tenants);
     crate::metrics::get().set_counting(config.server.metrics_enabled);
     crate::cache::configure(&config);
+    // Before the first snapshot: its limiters share through the fleet.
+    let cluster = match &config.server.cluster {
+        Some(c) => Some(Cluster::start(c).map_err(|e| StartError::Cluster(e.to_string()))?),
+        None => None,
+    };
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&config, 1, None)));
+    if let Some(cluster) = &cluster {
+        let snap = snapshot.clone();
+        cluster.on_purge(Box::new(move |tenant, query| {
+            crate::admin::purge::purge(&snap.load(), tenant, query);
+        }));
+    }
     let reloader = Arc::new(Reloader::new(config_file, &config, cache, snapshot.clone()));
     let server = build_server(&config, snapshot.clone(), reloader.clone(), opts)?;
     Ok(Prepared {
@@ -169,6 +183,12 @@ fn build_server(
         );
         persister.load();
         server.add_service(background_service("quota counts", persister));
+    }
+    if let Some(cluster) = crate::cluster::get() {
+        server.add_service(background_service(
+            "cluster",
+            ClusterService(cluster.clone()),
+        ));
     }
     server.add_service(background_service(
         "backend names",

@@ -212,8 +212,9 @@ fn build_limiters(config: &Config, previous: Option<&Snapshot>) -> Vec<Option<Ar
         .iter()
         .map(|t| {
             let limits = t.limits.or(&config.server.default_limits);
-            (!limits.is_empty())
-                .then(|| TenantLimiter::carry_over(limits, before.get(t.id.as_str()).copied()))
+            (!limits.is_empty()).then(|| {
+                TenantLimiter::carry_over(&t.id, limits, before.get(t.id.as_str()).copied())
+            })
         })
         .collect()
 }

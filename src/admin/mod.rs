@@ -11,7 +11,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
-mod purge;
+pub mod purge;
 
 use crate::reload::{Outcome, Reloader, Trigger};
 use crate::snapshot::SharedSnapshot;
@@ -66,7 +66,7 @@ impl Admin {
         let path = uri.path();
         if let Some(tenant) = path.strip_prefix("/-/cache/") {
             return match *method {
-                Method::DELETE => purge::purge(&self.snapshot.load(), tenant, uri.query()),
+                Method::DELETE => self.purge(tenant, uri.query()).await,
                 _ => (
                     StatusCode::METHOD_NOT_ALLOWED,
                     json!({"error": "method not allowed"}),
@@ -82,7 +82,13 @@ impl Admin {
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"status": "waiting for the first health checks"}),
             ),
-            (&Method::GET, "/-/config") => (StatusCode::OK, json!(self.reloader.status())),
+            (&Method::GET, "/-/config") => {
+                let mut status = json!(self.reloader.status());
+                if let Some(cluster) = crate::cluster::get() {
+                    status["cluster"] = cluster.status();
+                }
+                (StatusCode::OK, status)
+            }
             (&Method::POST, "/-/reload") => self.reload().await,
             (_, "/-/healthy" | "/-/ready" | "/-/config" | "/-/reload" | "/metrics") => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -93,6 +99,16 @@ impl Admin {
                 json!({"error": "no such admin endpoint"}),
             ),
         }
+    }
+
+    /// Purges here, then (with a fleet) on every other instance through Redis; `fleet` in the
+    /// answer says whether the other instances were told.
+    async fn purge(&self, tenant: &str, query: Option<&str>) -> (StatusCode, serde_json::Value) {
+        let (status, mut body) = purge::purge(&self.snapshot.load(), tenant, query);
+        if let (StatusCode::OK, Some(cluster)) = (status, crate::cluster::get()) {
+            body["fleet"] = json!(cluster.broadcast_purge(tenant, query).await);
+        }
+        (status, body)
     }
 
     async fn reload(&self) -> (StatusCode, serde_json::Value) {

@@ -7,7 +7,7 @@ use toml::{Table, Value};
 
 use super::error::ConfigErrors;
 use super::fields::Fields;
-use super::model::{LimitsConfig, QuotaConfig, QuotaWindow, RateConfig};
+use super::model::{LimitsConfig, QuotaConfig, QuotaWindow, RateConfig, Scope};
 
 const LIMITS_KEYS: &[&str] = &[
     "rate",
@@ -15,6 +15,7 @@ const LIMITS_KEYS: &[&str] = &[
     "quota",
     "max_body",
     "max_concurrent",
+    "scope",
 ];
 const RATE_KEYS: &[&str] = &["requests", "per", "burst"];
 const QUOTA_KEYS: &[&str] = &["requests", "per"];
@@ -65,6 +66,19 @@ pub fn parse_limits(file: &Path, key: &str, t: &Table, errs: &mut ConfigErrors) 
     if let Some(n) = f.int("max_concurrent", 1..=1_000_000, errs) {
         l.max_concurrent = Some(n as u32);
     }
+    l.scope = match f.str("scope", errs) {
+        Some("cluster") => Some(Scope::Cluster),
+        Some("local") => Some(Scope::Local),
+        Some(other) => {
+            errs.push(
+                file,
+                f.path("scope"),
+                format!("`{other}` is not one of cluster, local"),
+            );
+            None
+        }
+        None => None,
+    };
     f.finish(errs);
     l
 }

@@ -6,6 +6,7 @@ mod assemble;
 mod backends;
 mod cache;
 mod clients;
+pub mod cluster;
 mod duration;
 mod error;
 mod fields;

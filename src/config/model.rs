@@ -122,6 +122,39 @@ pub struct ServerConfig {
     pub clients: ClientLimits,
     /// `[cache]` of the main file.
     pub cache: CacheMemory,
+    /// `[cluster]`: the Redis a fleet shares limits through; `None`: every limit is local.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]` in the main file (restart only).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `redis://…`, `rediss://…` or `redis+unix://…`, possibly with a password in it.
+    pub redis: String,
+    /// Read from `password_file`; used when the URL has none.
+    pub password: Option<String>,
+    /// Put before every key and channel name, so several fleets can share one Redis.
+    pub key_prefix: String,
+    /// This instance's name in logs, metrics and the fleet's member list.
+    pub node_id: String,
+    /// Instances the fleet has; while Redis is unreachable each admits `1/expected_nodes` of
+    /// a shared limit.
+    pub expected_nodes: u32,
+    /// The longest a request waits for Redis before it is decided locally.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    // Never print a password (the URL may carry one too).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis", &super::cluster::redacted(&self.redis))
+            .field("key_prefix", &self.key_prefix)
+            .field("node_id", &self.node_id)
+            .field("expected_nodes", &self.expected_nodes)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[cache]` in the main file: what every tenant's cache shares.
@@ -285,6 +318,18 @@ pub struct LimitsConfig {
     pub quota: Option<QuotaConfig>,
     pub max_body: Option<u64>,
     pub max_concurrent: Option<u32>,
+    /// Whether `rate`, `per_client_ip` and `quota` are shared by the fleet; `None`: shared
+    /// when `[cluster]` is set.
+    pub scope: Option<Scope>,
+}
+
+/// `[limits] scope`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Counted once for the whole fleet, through Redis.
+    Cluster,
+    /// Counted by each instance on its own.
+    Local,
 }
 
 impl LimitsConfig {
@@ -296,11 +341,16 @@ impl LimitsConfig {
             quota: self.quota.or(defaults.quota),
             max_body: self.max_body.or(defaults.max_body),
             max_concurrent: self.max_concurrent.or(defaults.max_concurrent),
+            scope: self.scope.or(defaults.scope),
         }
     }
 
+    /// No limit at all (`scope` alone limits nothing).
     pub fn is_empty(&self) -> bool {
-        *self == LimitsConfig::default()
+        LimitsConfig {
+            scope: None,
+            ..self.clone()
+        } == LimitsConfig::default()
     }
 }
 

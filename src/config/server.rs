@@ -12,7 +12,14 @@ use super::fields::Fields;
 use super::model::{AccessLogConfig, AccessLogTarget, LogFormat, ServerConfig};
 use super::tls_keys::parse_tls_files;
 
-const TOP_KEYS: &[&str] = &["server", "metrics", "access_log", "limits", "cache"];
+const TOP_KEYS: &[&str] = &[
+    "server",
+    "metrics",
+    "access_log",
+    "limits",
+    "cache",
+    "cluster",
+];
 const METRICS_KEYS: &[&str] = &["enabled", "max_tenants"];
 const ACCESS_LOG_KEYS: &[&str] = &["path", "queue"];
 pub(super) const SERVER_KEYS: &[&str] = &[
@@ -78,6 +85,7 @@ pub fn defaults() -> ServerConfig {
         quota_persist_interval: Duration::from_secs(10),
         clients: Default::default(),
         cache: Default::default(),
+        cluster: None,
     }
 }
 
@@ -113,6 +121,9 @@ pub fn parse(file: &Path, top: &Table, errs: &mut ConfigErrors) -> ServerConfig 
     }
     if let Some(t) = top_fields.table("cache", errs) {
         s.cache = super::cache::parse_main(file, t, errs);
+    }
+    if let Some(t) = top_fields.table("cluster", errs) {
+        s.cluster = super::cluster::parse(file, t, errs);
     }
     top_fields.finish(errs);
     let Some(table) = table else {

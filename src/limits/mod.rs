@@ -1,13 +1,15 @@
 //! Per-tenant limits: request rate (GCRA), rate per client address, calendar quotas, body size
-//! and concurrency. The proxy asks one question per request, `Limiter::admit`, and gets a
-//! permit or a refusal ready to send; a limiter shared by a fleet (Redis) would implement the
-//! same trait without touching the proxy hooks.
+//! and concurrency. The proxy asks one question per request, `TenantLimiter::admit`, and gets
+//! a permit or a refusal ready to send. With a fleet (`[cluster]`), the rate, the rate per
+//! client address and the quota are counted once for every instance (see `fleet`).
 
 mod client_ip;
+pub mod fleet;
 mod gcra;
 mod per_ip;
 mod persist;
 mod quota;
+mod shared;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,8 +21,11 @@ pub use gcra::{Cell, Rate, Verdict};
 pub use per_ip::PerIp;
 pub use persist::{QuotaPersister, QuotaState};
 pub use quota::{window, QuotaCounter, QuotaVerdict};
+pub use shared::Shared;
 
-use crate::config::model::LimitsConfig;
+use crate::config::model::{LimitsConfig, RateConfig, Scope};
+use fleet::Fleet;
+use shared::{SharedPerIp, SharedQuota, SharedRate};
 
 /// Addresses tracked per tenant for `per_client_ip`, at most.
 pub const PER_IP_CAPACITY: usize = 100_000;
@@ -59,18 +64,22 @@ impl Drop for Permit {
     }
 }
 
-pub trait Limiter: Send + Sync {
-    fn admit(self: Arc<Self>, req: &Request) -> Result<Permit, Refusal>;
-    /// The body limit, checked again while a streamed body arrives.
-    fn max_body(&self) -> Option<u64>;
+/// A limiter's answer, and whether the fleet's store failed to give it in time (so it was
+/// decided locally).
+pub struct Decision {
+    pub outcome: Result<Permit, Refusal>,
+    pub fell_back: bool,
 }
 
 /// One tenant's limits and their counters. Kept across reloads while the limits stay the same.
 pub struct TenantLimiter {
     pub config: LimitsConfig,
+    /// The rates counted here (`None` when the fleet counts them).
     rate: Option<(Rate, Arc<Cell>)>,
     per_ip: Option<(Rate, Arc<PerIp>)>,
+    /// The quota counted here (`None` when the fleet counts it).
     pub quota: Option<QuotaCounter>,
+    shared: Option<SharedLimits>,
     in_flight: Arc<AtomicU32>,
     /// The limiter's own clock: GCRA works in nanoseconds since this instant.
     epoch: Instant,
@@ -84,40 +93,104 @@ impl std::fmt::Debug for TenantLimiter {
     }
 }
 
+/// The limits a fleet counts together.
+struct SharedLimits {
+    fleet: Arc<dyn Fleet>,
+    rate: Option<SharedRate>,
+    per_ip: Option<SharedPerIp>,
+    quota: Option<SharedQuota>,
+}
+
 impl TenantLimiter {
-    pub fn new(config: LimitsConfig) -> Self {
-        let rate = |r: &crate::config::model::RateConfig| Rate::new(r.requests, r.per, r.burst);
+    /// `tenant`'s limiter; shared by the process's fleet when there is one and the limits'
+    /// scope is not `local`.
+    pub fn new(tenant: &str, config: LimitsConfig) -> Self {
+        let fleet = fleet::fleet().filter(|_| config.scope != Some(Scope::Local));
+        let nodes = fleet.map_or(1, |f| f.expected_nodes().max(1));
+        // While the store is unreachable each instance admits its share of the rate.
+        let local = |r: &RateConfig| {
+            Rate::new(
+                r.requests,
+                r.per * nodes,
+                (r.burst / u64::from(nodes)).max(1),
+            )
+        };
+        let shared = fleet.map(|fleet| {
+            let key = |kind: &str| format!("{}{kind}:{tenant}", fleet.key_prefix());
+            let full = |r: &RateConfig| Rate::new(r.requests, r.per, r.burst);
+            SharedLimits {
+                rate: config
+                    .rate
+                    .as_ref()
+                    .map(|r| SharedRate::new(key("rate"), &full(r), local(r))),
+                per_ip: config.per_client_ip.as_ref().map(|r| {
+                    let prefix = format!("{}:", key("ip"));
+                    SharedPerIp::new(prefix, full(r), local(r), PER_IP_CAPACITY)
+                }),
+                quota: config
+                    .quota
+                    .map(|q| SharedQuota::new(format!("{}:", key("quota")), q.per, q.requests)),
+                fleet: fleet.clone(),
+            }
+        });
+        let here = shared.is_none();
         Self {
             rate: config
                 .rate
                 .as_ref()
-                .map(|r| (rate(r), Arc::new(Cell::default()))),
+                .filter(|_| here)
+                .map(|r| (local(r), Arc::new(Cell::default()))),
             per_ip: config
                 .per_client_ip
                 .as_ref()
-                .map(|r| (rate(r), Arc::new(PerIp::new(PER_IP_CAPACITY)))),
-            quota: config.quota.map(|q| QuotaCounter::new(q.per)),
+                .filter(|_| here)
+                .map(|r| (local(r), Arc::new(PerIp::new(PER_IP_CAPACITY)))),
+            quota: config
+                .quota
+                .filter(|_| here)
+                .map(|q| QuotaCounter::new(q.per)),
+            shared,
             in_flight: Arc::new(AtomicU32::new(0)),
             epoch: Instant::now(),
             config,
         }
     }
 
+    /// Whether the fleet counts this tenant's rates and quota.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The quota's window and the requests counted in it (by the fleet, at its last answer,
+    /// when shared).
+    pub fn quota_used(&self) -> Option<(u64, u64)> {
+        match &self.shared {
+            Some(s) => s.quota.as_ref().map(SharedQuota::snapshot),
+            None => self.quota.as_ref().map(QuotaCounter::snapshot),
+        }
+    }
+
     /// A limiter for `config` that keeps what it can of `previous`: everything when the limits
     /// are the same; otherwise the requests in flight, the quota count, and the counters of
     /// each rate whose own settings did not change.
-    pub fn carry_over(config: LimitsConfig, previous: Option<&Arc<TenantLimiter>>) -> Arc<Self> {
+    pub fn carry_over(
+        tenant: &str,
+        config: LimitsConfig,
+        previous: Option<&Arc<TenantLimiter>>,
+    ) -> Arc<Self> {
         match previous {
             Some(p) if p.config == config => p.clone(),
             Some(p) => {
-                let mut next = TenantLimiter::new(config);
+                let mut next = TenantLimiter::new(tenant, config);
                 // Counters are in nanoseconds since the epoch: kept counters need the old one.
                 next.epoch = p.epoch;
                 next.in_flight = p.in_flight.clone();
-                if p.config.rate == next.config.rate {
+                // The scope decides what the local cells count (all, or a fallback share).
+                let same_scope = p.config.scope == next.config.scope;
+                if same_scope && p.config.rate == next.config.rate {
                     next.rate = p.rate.clone();
                 }
-                if p.config.per_client_ip == next.config.per_client_ip {
+                if same_scope && p.config.per_client_ip == next.config.per_client_ip {
                     next.per_ip = p.per_ip.clone();
                 }
                 if let (Some(old), Some(new)) = (&p.quota, &next.quota) {
@@ -128,7 +201,7 @@ impl TenantLimiter {
                 }
                 Arc::new(next)
             }
-            None => Arc::new(TenantLimiter::new(config)),
+            None => Arc::new(TenantLimiter::new(tenant, config)),
         }
     }
 
@@ -137,7 +210,23 @@ impl TenantLimiter {
         self.epoch.elapsed().as_nanos() as u64 + 86_400_000_000_000
     }
 
-    fn admit_at(self: Arc<Self>, req: &Request, now: SystemTime) -> Result<Permit, Refusal> {
+    /// Decides one request: a permit that holds its concurrency slot, or a refusal.
+    pub async fn admit(&self, req: &Request) -> Decision {
+        self.admit_at(req, SystemTime::now()).await
+    }
+
+    async fn admit_at(&self, req: &Request, now: SystemTime) -> Decision {
+        let mut fell_back = false;
+        let outcome = self.decide(req, now, &mut fell_back).await;
+        Decision { outcome, fell_back }
+    }
+
+    async fn decide(
+        &self,
+        req: &Request,
+        now: SystemTime,
+        fell_back: &mut bool,
+    ) -> Result<Permit, Refusal> {
         let c = &self.config;
         if let (Some(max), Some(len)) = (c.max_body, req.content_length) {
             if len > max {
@@ -152,21 +241,51 @@ impl TenantLimiter {
             }
             permit.concurrent = Some(self.in_flight.clone());
         }
-        let now_ns = self.now_ns();
+        let shared = self.shared.as_ref();
         // The client's own limit first: requests it refuses must not use up the tenant's
         // rate, or one abusive client would starve every other client of the tenant.
-        if let (Some((rate, cells)), Some(ip)) = (&self.per_ip, req.client_ip) {
-            if let Verdict::Deny { retry_after } = cells.check(ip, rate, now_ns) {
-                return Err(rate_refusal("per_client_ip", rate, retry_after));
+        if let Some(ip) = req.client_ip {
+            let deny = match (
+                shared.and_then(|s| Some((s.per_ip.as_ref()?, &s.fleet))),
+                &self.per_ip,
+            ) {
+                (Some((per_ip, fleet)), _) => fleet_deny(per_ip.check(ip, fleet).await, fell_back),
+                (None, Some((rate, cells))) => local_deny(cells.check(ip, rate, self.now_ns())),
+                (None, None) => None,
+            };
+            if let Some(retry_after) = deny {
+                return Err(rate_refusal("per_client_ip", c.per_client_ip, retry_after));
             }
         }
-        if let Some((rate, cell)) = &self.rate {
-            if let Verdict::Deny { retry_after } = cell.check(rate, now_ns) {
-                return Err(rate_refusal("rate", rate, retry_after));
-            }
+        let deny = match (
+            shared.and_then(|s| Some((s.rate.as_ref()?, &s.fleet))),
+            &self.rate,
+        ) {
+            (Some((rate, fleet)), _) => fleet_deny(rate.check(fleet).await, fell_back),
+            (None, Some((rate, cell))) => local_deny(cell.check(rate, self.now_ns())),
+            (None, None) => None,
+        };
+        if let Some(retry_after) = deny {
+            return Err(rate_refusal("rate", c.rate, retry_after));
         }
-        if let (Some(q), Some(cfg)) = (&self.quota, c.quota) {
-            if let QuotaVerdict::Spent { resets_in } = q.take(cfg.requests, now) {
+        if let Some(cfg) = c.quota {
+            let spent = match shared.and_then(|s| Some((s.quota.as_ref()?, &s.fleet))) {
+                Some((q, fleet)) => {
+                    let verdict = q.check(fleet, now).await.unwrap_or_else(|local| {
+                        *fell_back = true;
+                        local
+                    });
+                    match verdict {
+                        Shared::Allow => None,
+                        Shared::Deny(resets_in) => Some(resets_in),
+                    }
+                }
+                None => match self.quota.as_ref().map(|q| q.take(cfg.requests, now)) {
+                    Some(QuotaVerdict::Spent { resets_in }) => Some(resets_in),
+                    _ => None,
+                },
+            };
+            if let Some(resets_in) = spent {
                 let mut r = refusal(429, "quota", Some(resets_in));
                 let window = match cfg.per {
                     crate::config::model::QuotaWindow::Day => 86_400,
@@ -181,13 +300,15 @@ impl TenantLimiter {
     }
 }
 
-impl Limiter for TenantLimiter {
-    fn admit(self: Arc<Self>, req: &Request) -> Result<Permit, Refusal> {
-        self.admit_at(req, SystemTime::now())
-    }
+fn fleet_deny(checked: shared::Checked, fell_back: &mut bool) -> Option<Duration> {
+    *fell_back |= checked.fell_back;
+    checked.deny
+}
 
-    fn max_body(&self) -> Option<u64> {
-        self.config.max_body
+fn local_deny(verdict: Verdict) -> Option<Duration> {
+    match verdict {
+        Verdict::Allow { .. } => None,
+        Verdict::Deny { retry_after } => Some(retry_after),
     }
 }
 
@@ -201,13 +322,12 @@ fn refusal(status: u16, limit: &'static str, retry_after: Option<Duration>) -> R
     }
 }
 
-fn rate_refusal(limit: &'static str, rate: &Rate, retry_after: Duration) -> Refusal {
+/// A 429 for a rate; its policy header states the rate as configured (with a fleet, for the
+/// whole fleet).
+fn rate_refusal(limit: &'static str, rate: Option<RateConfig>, retry_after: Duration) -> Refusal {
     let mut r = refusal(429, limit, Some(retry_after));
-    r.policy = Some(format!(
-        "\"{limit}\";q={};w={}",
-        rate.requests,
-        ceil_secs(rate.per)
-    ));
+    r.policy =
+        rate.map(|rate| format!("\"{limit}\";q={};w={}", rate.requests, ceil_secs(rate.per)));
     r.state = Some(format!("\"{limit}\";r=0;t={}", ceil_secs(retry_after)));
     r
 }
@@ -223,7 +343,23 @@ mod tests {
     use crate::config::model::{QuotaConfig, QuotaWindow, RateConfig};
 
     fn limiter(config: LimitsConfig) -> Arc<TenantLimiter> {
-        Arc::new(TenantLimiter::new(config))
+        Arc::new(TenantLimiter::new("t", config))
+    }
+
+    /// A local limiter never waits: its answer is ready on the first poll.
+    trait AdmitNow {
+        fn admit_now(&self, req: &Request) -> Result<Permit, Refusal>;
+    }
+
+    impl AdmitNow for Arc<TenantLimiter> {
+        fn admit_now(&self, req: &Request) -> Result<Permit, Refusal> {
+            use std::future::Future;
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match std::pin::pin!(self.admit(req)).poll(&mut cx) {
+                std::task::Poll::Ready(d) => d.outcome,
+                std::task::Poll::Pending => unreachable!("a local limiter never waits"),
+            }
+        }
     }
 
     fn req(ip: &str) -> Request {
@@ -248,10 +384,10 @@ mod tests {
             client_ip: None,
             content_length: Some(11),
         };
-        assert_eq!(l.clone().admit(&big).err().map(|r| r.status), Some(413));
-        assert!(l.clone().admit(&req("192.0.2.1")).is_ok());
-        assert!(l.clone().admit(&req("192.0.2.1")).is_ok());
-        let r = l.clone().admit(&req("192.0.2.1")).err().unwrap();
+        assert_eq!(l.admit_now(&big).err().map(|r| r.status), Some(413));
+        assert!(l.admit_now(&req("192.0.2.1")).is_ok());
+        assert!(l.admit_now(&req("192.0.2.1")).is_ok());
+        let r = l.admit_now(&req("192.0.2.1")).err().unwrap();
         assert_eq!((r.status, r.limit), (429, "rate"));
         assert_eq!(r.policy.as_deref(), Some("\"rate\";q=2;w=10"));
         assert!(r.retry_after.is_some_and(|d| d <= Duration::from_secs(5)));
@@ -263,14 +399,14 @@ mod tests {
             max_concurrent: Some(1),
             ..Default::default()
         });
-        let first = l.clone().admit(&req("192.0.2.1")).unwrap();
-        let r = l.clone().admit(&req("192.0.2.1")).err().unwrap();
+        let first = l.admit_now(&req("192.0.2.1")).unwrap();
+        let r = l.admit_now(&req("192.0.2.1")).err().unwrap();
         assert_eq!(
             (r.status, r.retry_after),
             (503, Some(Duration::from_secs(1)))
         );
         drop(first);
-        assert!(l.clone().admit(&req("192.0.2.1")).is_ok());
+        assert!(l.admit_now(&req("192.0.2.1")).is_ok());
     }
 
     #[test]
@@ -284,17 +420,17 @@ mod tests {
         };
         let l = limiter(quota(3));
         for _ in 0..3 {
-            assert!(l.clone().admit(&req("192.0.2.1")).is_ok());
+            assert!(l.admit_now(&req("192.0.2.1")).is_ok());
         }
-        let same = TenantLimiter::carry_over(quota(3), Some(&l));
+        let same = TenantLimiter::carry_over("t", quota(3), Some(&l));
         assert!(Arc::ptr_eq(&same, &l));
         assert_eq!(
-            same.clone().admit(&req("192.0.2.1")).err().map(|r| r.limit),
+            same.admit_now(&req("192.0.2.1")).err().map(|r| r.limit),
             Some("quota")
         );
-        let raised = TenantLimiter::carry_over(quota(4), Some(&l));
-        assert!(raised.clone().admit(&req("192.0.2.1")).is_ok());
-        assert!(raised.clone().admit(&req("192.0.2.1")).is_err());
+        let raised = TenantLimiter::carry_over("t", quota(4), Some(&l));
+        assert!(raised.admit_now(&req("192.0.2.1")).is_ok());
+        assert!(raised.admit_now(&req("192.0.2.1")).is_err());
     }
 
     fn rate(requests: u64, secs: u64) -> Option<RateConfig> {
@@ -313,12 +449,12 @@ mod tests {
             ..Default::default()
         });
         let outcomes: Vec<_> = (0..20)
-            .map(|_| l.clone().admit(&req("192.0.2.66")).err().map(|r| r.limit))
+            .map(|_| l.admit_now(&req("192.0.2.66")).err().map(|r| r.limit))
             .collect();
         assert_eq!(&outcomes[..2], &[None, None]);
         assert!(outcomes[2..].iter().all(|o| *o == Some("per_client_ip")));
         for other in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
-            assert!(l.clone().admit(&req(other)).is_ok(), "{other} starved");
+            assert!(l.admit_now(&req(other)).is_ok(), "{other} starved");
         }
     }
 
@@ -332,18 +468,18 @@ mod tests {
         };
         let old = limiter(config(10));
         let held = [
-            old.clone().admit(&req("192.0.2.1")).unwrap(),
-            old.clone().admit(&req("192.0.2.1")).unwrap(),
+            old.admit_now(&req("192.0.2.1")).unwrap(),
+            old.admit_now(&req("192.0.2.1")).unwrap(),
         ];
-        let new = TenantLimiter::carry_over(config(20), Some(&old));
+        let new = TenantLimiter::carry_over("t", config(20), Some(&old));
         assert!(!Arc::ptr_eq(&new, &old));
-        let r = new.clone().admit(&req("192.0.2.1")).err().unwrap();
+        let r = new.admit_now(&req("192.0.2.1")).err().unwrap();
         assert_eq!(
             r.limit, "max_concurrent",
             "requests admitted before still count"
         );
         drop(held);
-        let r = new.clone().admit(&req("192.0.2.1")).err().unwrap();
+        let r = new.admit_now(&req("192.0.2.1")).err().unwrap();
         assert_eq!(r.limit, "rate", "the unchanged rate kept its count");
     }
 }

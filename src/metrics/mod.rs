@@ -4,6 +4,7 @@
 //! Gauges that mirror state (backend health, config counts, certificate expiry) are filled from
 //! the live snapshot at scrape time, so they can never drift from what is serving.
 
+mod cluster;
 mod tenant;
 
 use std::collections::{HashMap, HashSet};
@@ -16,6 +17,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+pub use cluster::ClusterMetrics;
 pub use tenant::{method_index, status_index, InFlight, TenantMetrics};
 
 use crate::snapshot::Snapshot;
@@ -88,6 +90,7 @@ pub struct Metrics {
     cache_evictions: IntCounterVec,
     quota_used: IntGaugeVec,
     quota_limit: IntGaugeVec,
+    pub cluster: OnceLock<ClusterMetrics>,
     max_tenants: AtomicUsize,
     enabled: std::sync::atomic::AtomicBool,
     tenants: Mutex<HashMap<String, Arc<TenantMetrics>>>,
@@ -169,6 +172,7 @@ impl Metrics {
             cache_evictions: counter(&r, "porteiro_cache_evictions_total", "Entries evicted to keep the tenant within its cache budget.", t),
             quota_used: gauge(&r, "porteiro_quota_used_requests", "Requests counted against the tenant's quota in the current window.", t),
             quota_limit: gauge(&r, "porteiro_quota_limit_requests", "The tenant's quota per window.", t),
+            cluster: OnceLock::new(),
             max_tenants: AtomicUsize::new(DEFAULT_MAX_TENANTS),
             enabled: std::sync::atomic::AtomicBool::new(true),
             tenants: Mutex::new(HashMap::new()),
@@ -194,6 +198,12 @@ impl Metrics {
             let _ = m.registry.register(Box::new(process));
         }
         m
+    }
+
+    /// Fleet mode's series, registered when `[cluster]` is set (absent otherwise).
+    pub fn cluster(&self) -> &ClusterMetrics {
+        self.cluster
+            .get_or_init(|| ClusterMetrics::new(&self.registry))
     }
 
     pub fn set_max_tenants(&self, n: usize) {
@@ -314,6 +324,9 @@ impl Metrics {
         let _ = self.cert_expiry.remove_label_values(l);
         for limit in t.used_limits() {
             let _ = self.limited.remove_label_values(&[&t.label, limit]);
+        }
+        if let (Some(c), true) = (self.cluster.get(), t.fell_back_ever()) {
+            let _ = c.fallbacks.remove_label_values(l);
         }
     }
 
@@ -448,8 +461,7 @@ impl Metrics {
                 continue;
             };
             let label = self.state_label(&t.id, everyone_fits);
-            if let (Some(q), true) = (&l.quota, label != OTHER_TENANTS) {
-                let (window, used) = q.snapshot();
+            if let (Some((window, used)), true) = (l.quota_used(), label != OTHER_TENANTS) {
                 let current = crate::limits::window(cfg.per, std::time::SystemTime::now()).0;
                 let used = if window == current { used } else { 0 };
                 self.quota_used

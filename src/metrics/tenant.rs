@@ -60,6 +60,7 @@ pub struct TenantMetrics {
     cache: [OnceLock<IntCounter>; CACHE_RESULTS.len()],
     limited_vec: IntCounterVec,
     limited: [OnceLock<IntCounter>; LIMITS.len()],
+    fallbacks: OnceLock<IntCounter>,
 }
 
 impl std::fmt::Debug for TenantMetrics {
@@ -88,6 +89,7 @@ impl TenantMetrics {
             cache: std::array::from_fn(|_| OnceLock::new()),
             limited_vec: m.limited.clone(),
             limited: std::array::from_fn(|_| OnceLock::new()),
+            fallbacks: OnceLock::new(),
             label,
         }
     }
@@ -130,6 +132,22 @@ impl TenantMetrics {
                     .with_label_values(&[self.label.as_str(), LIMITS[i]])
             })
             .inc();
+    }
+
+    /// A request whose shared limits were decided locally (the fleet's Redis did not answer).
+    pub fn fell_back(&self) {
+        self.fallbacks
+            .get_or_init(|| {
+                super::get()
+                    .cluster()
+                    .fallbacks
+                    .with_label_values(&[self.label.as_str()])
+            })
+            .inc();
+    }
+
+    pub(super) fn fell_back_ever(&self) -> bool {
+        self.fallbacks.get().is_some()
     }
 
     /// The limits this tenant has counted refusals for, for removing its series.

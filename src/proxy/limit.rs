@@ -6,11 +6,11 @@ use std::sync::Arc;
 use pingora::proxy::Session;
 
 use super::{respond, Porteiro, RequestCtx};
-use crate::limits::{self, Limiter, TenantLimiter};
+use crate::limits::{self, TenantLimiter};
 
 impl Porteiro {
     /// Asks the tenant's limiter; on success the permit lives in `ctx` until the request ends.
-    pub(super) fn admit(
+    pub(super) async fn admit(
         &self,
         session: &Session,
         ctx: &mut RequestCtx,
@@ -27,8 +27,14 @@ impl Porteiro {
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse().ok()),
         };
-        ctx.max_body = limiter.max_body();
-        match limiter.admit(&request) {
+        ctx.max_body = limiter.config.max_body;
+        let decision = limiter.admit(&request).await;
+        if decision.fell_back {
+            if let Some(m) = &ctx.metrics {
+                m.fell_back();
+            }
+        }
+        match decision.outcome {
             Ok(permit) => {
                 ctx.permit = Some(permit);
                 Ok(())

@@ -73,7 +73,7 @@ impl ProxyHttp for Porteiro {
             ctx.trusted_peer,
             &snap.trusted_proxies,
         );
-        let answer = self.decide(session, ctx, &snap, sni.as_deref());
+        let answer = self.decide(session, ctx, &snap, sni.as_deref()).await;
         ctx.snapshot = Some(snap);
         self.answer(session, ctx, answer).await
     }

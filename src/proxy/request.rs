@@ -24,7 +24,7 @@ pub(super) enum Answer {
 }
 
 impl Porteiro {
-    pub(super) fn decide(
+    pub(super) async fn decide(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
@@ -87,8 +87,8 @@ impl Porteiro {
         // not the client's: it does not count against the tenant's limits.
         let background = session.subrequest_ctx.is_some();
         if let Some(limiter) = snap.limiters[t as usize].clone().filter(|_| !background) {
-            if let Err(refusal) = self.admit(session, ctx, limiter, snap.clients.client_ipv6_prefix)
-            {
+            let ipv6_prefix = snap.clients.client_ipv6_prefix;
+            if let Err(refusal) = self.admit(session, ctx, limiter, ipv6_prefix).await {
                 return Answer::Refuse(refusal);
             }
         }

@@ -440,6 +440,8 @@ fn restart_required(started: &ServerConfig, now: &ServerConfig) -> Vec<String> {
         "quota_persist_interval",
         started.quota_persist_interval != now.quota_persist_interval,
     );
+    // The fleet's connection and every limiter's share are set up once, at start.
+    check("cluster", started.cluster != now.cluster);
     keys
 }
 

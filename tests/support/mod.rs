@@ -18,6 +18,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+pub mod redis;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_porteiro");
 
 /// What a backend saw of one request.
@@ -286,7 +288,10 @@ impl Proxy {
         let child = Command::new(BIN)
             .args(["run", "-c"])
             .arg(cfg.main_file())
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("PORTEIRO_TEST_LOG").unwrap_or("info".into()),
+            )
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
             .stderr(Stdio::from(
                 std::fs::File::options().append(true).open(&log).unwrap(),
