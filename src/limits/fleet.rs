@@ -215,6 +215,11 @@ impl Lease {
             .is_ok()
     }
 
+    /// Whether an ask is on its way.
+    pub fn is_asking(&self) -> bool {
+        self.asking.load(Ordering::Acquire)
+    }
+
     /// Quotas: the fleet's count at the last answer.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Acquire)

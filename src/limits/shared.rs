@@ -286,3 +286,151 @@ impl WindowLease {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fleet::Grant;
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
+
+    /// A store in memory: a GCRA per key on the shared clock, or silence (`answers` false:
+    /// asks are never answered, as from a Redis that hangs).
+    #[derive(Default)]
+    struct FakeStore {
+        down: AtomicBool,
+        silent: AtomicBool,
+        tats: Mutex<HashMap<String, u64>>,
+        asks: Mutex<Vec<(u64, u64)>>,
+    }
+
+    impl Fleet for FakeStore {
+        fn is_up(&self) -> bool {
+            !self.down.load(Ordering::Acquire)
+        }
+        fn expected_nodes(&self) -> u32 {
+            2
+        }
+        fn timeout(&self) -> Duration {
+            Duration::from_millis(5)
+        }
+        fn key_prefix(&self) -> &str {
+            "t:"
+        }
+        fn refill(&self, lease: Arc<Lease>, ask: Ask) {
+            let Budget::Rate {
+                interval_us,
+                tolerance_us,
+                debt,
+            } = &ask.budget
+            else {
+                unreachable!("rates only here")
+            };
+            let debt = debt.swap(0, Ordering::AcqRel);
+            self.asks.lock().unwrap().push((ask.want, debt));
+            if self.silent.load(Ordering::Acquire) {
+                // As a command that times out: no answer for a while, then a failure.
+                debt_back(&ask, debt);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    lease.failed();
+                });
+                return;
+            }
+            let now = now_ns() / 1000;
+            let mut tats = self.tats.lock().unwrap();
+            let tat = tats.entry(ask.key.to_string()).or_insert(0);
+            *tat = (*tat).max(now) + debt * interval_us;
+            let room = (now + tolerance_us).saturating_sub(*tat) / interval_us + 1;
+            let room = if now + tolerance_us < *tat { 0 } else { room };
+            let granted = room.min(ask.want);
+            *tat += granted * interval_us;
+            lease.fill(
+                Grant {
+                    granted,
+                    retry_after: Duration::from_micros(*interval_us),
+                    used: 0,
+                },
+                now_ns(),
+                ask.ttl,
+            );
+        }
+    }
+
+    fn debt_back(ask: &Ask, debt: u64) {
+        if let Budget::Rate { debt: d, .. } = &ask.budget {
+            d.fetch_add(debt, Ordering::AcqRel);
+        }
+    }
+
+    fn per_minute(n: u64, burst: u64) -> Rate {
+        Rate::new(n, Duration::from_secs(60), burst)
+    }
+
+    async fn admitted(r: &SharedRate, fleet: &Arc<dyn Fleet>, n: usize) -> (usize, usize) {
+        let (mut ok, mut local) = (0, 0);
+        for _ in 0..n {
+            let c = r.check(fleet).await;
+            ok += usize::from(c.deny.is_none());
+            local += usize::from(c.fell_back);
+        }
+        (ok, local)
+    }
+
+    #[tokio::test]
+    async fn two_instances_share_one_burst() {
+        let store = Arc::new(FakeStore::default());
+        let fleet: Arc<dyn Fleet> = store.clone();
+        let rate = per_minute(60, 10);
+        let a = SharedRate::new("t:rate:x".into(), &rate, per_minute(30, 5));
+        let b = SharedRate::new("t:rate:x".into(), &rate, per_minute(30, 5));
+        let (a_ok, a_local) = admitted(&a, &fleet, 8).await;
+        let (b_ok, b_local) = admitted(&b, &fleet, 8).await;
+        assert_eq!((a_ok, a_local + b_local), (8, 0));
+        // The burst of 10, between them; `a` holds what it asked for ahead (one lease).
+        let held = a.lease.available(now_ns()) as usize;
+        assert_eq!((b_ok + held, held), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn while_the_store_is_down_each_admits_its_share_and_owes_nothing() {
+        let store = Arc::new(FakeStore::default());
+        store.down.store(true, Ordering::Release);
+        let fleet: Arc<dyn Fleet> = store.clone();
+        let r = SharedRate::new("t:rate:x".into(), &per_minute(60, 10), per_minute(30, 5));
+        assert_eq!(admitted(&r, &fleet, 20).await, (5, 20));
+        assert!(store.asks.lock().unwrap().is_empty());
+        store.down.store(false, Ordering::Release);
+        r.check(&fleet).await;
+        assert_eq!(
+            store.asks.lock().unwrap()[0].1,
+            0,
+            "no debt for a store that was down"
+        );
+    }
+
+    #[tokio::test]
+    async fn what_a_slow_store_missed_is_charged_when_it_answers() {
+        let store = Arc::new(FakeStore::default());
+        store.silent.store(true, Ordering::Release);
+        let fleet: Arc<dyn Fleet> = store.clone();
+        let r = SharedRate::new("t:rate:x".into(), &per_minute(60, 10), per_minute(30, 5));
+        let started = std::time::Instant::now();
+        assert_eq!(admitted(&r, &fleet, 3).await, (3, 3));
+        // Until the timed-out command has failed, the lease is still asking.
+        for _ in 0..100 {
+            if !r.lease.is_asking() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!r.lease.is_asking());
+        // Each waited for the store, at most its timeout.
+        assert!(started.elapsed() < Duration::from_secs(1));
+        store.silent.store(false, Ordering::Release);
+        // The next ask carries the three requests the store did not see: 10 - 3 - 1 left.
+        assert_eq!(admitted(&r, &fleet, 10).await, (7, 0));
+        let asks = store.asks.lock().unwrap();
+        assert_eq!(asks.iter().map(|a| a.1).sum::<u64>(), 3, "{asks:?}");
+    }
+}
