@@ -102,11 +102,13 @@ impl Admin {
     }
 
     /// Purges here, then (with a fleet) on every other instance through Redis; `fleet` in the
-    /// answer says whether the other instances were told.
+    /// answer says whether Redis took the message, `instances` how many others got it.
     async fn purge(&self, tenant: &str, query: Option<&str>) -> (StatusCode, serde_json::Value) {
         let (status, mut body) = purge::purge(&self.snapshot.load(), tenant, query);
         if let (StatusCode::OK, Some(cluster)) = (status, crate::cluster::get()) {
-            body["fleet"] = json!(cluster.broadcast_purge(tenant, query).await);
+            let reached = cluster.broadcast_purge(tenant, query).await;
+            body["fleet"] = json!(reached.is_some());
+            body["instances"] = json!(reached);
         }
         (status, body)
     }

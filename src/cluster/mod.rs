@@ -39,6 +39,11 @@ pub struct Cluster {
     health: Arc<Health>,
     members: Mutex<Vec<String>>,
     on_purge: OnceLock<PurgeHandler>,
+    /// Tells this process's purge messages from others', even between two instances that
+    /// share a node_id (the hostname, by default).
+    instance: String,
+    /// Whether purges from other instances reach this one now.
+    subscribed: AtomicBool,
 }
 
 /// Whether Redis answers, changed by every command's outcome and logged once per change.
@@ -94,6 +99,13 @@ impl Cluster {
             }),
             members: Mutex::default(),
             on_purge: OnceLock::new(),
+            instance: format!(
+                "{}/{}/{}",
+                config.node_id,
+                std::process::id(),
+                fastrand::u64(..)
+            ),
+            subscribed: AtomicBool::new(false),
             config: config.clone(),
         });
         let metrics = crate::metrics::get().cluster();
@@ -117,24 +129,24 @@ impl Cluster {
         format!("{}purge", self.config.key_prefix)
     }
 
-    /// Tells every other instance to purge as this one did; whether Redis took the message.
-    pub async fn broadcast_purge(&self, tenant: &str, query: Option<&str>) -> bool {
-        let Some(mut conn) = self.conn.get().cloned() else {
-            return false;
-        };
-        let message = json!({"from": self.config.node_id, "tenant": tenant, "query": query});
+    /// Tells every other instance to purge as this one did; how many listened (`None`: Redis
+    /// did not take the message).
+    pub async fn broadcast_purge(&self, tenant: &str, query: Option<&str>) -> Option<u64> {
+        let mut conn = self.conn.get().cloned()?;
+        let message = json!({"from": self.instance, "tenant": tenant, "query": query});
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(self.channel()).arg(message.to_string());
-        let publish = publish.query_async::<i64>(&mut conn);
+        let publish = publish.query_async::<u64>(&mut conn);
         match tokio::time::timeout(COMMAND_TIMEOUT, publish).await {
-            Ok(Ok(_)) => true,
+            // Every subscriber, this instance's own listener included.
+            Ok(Ok(n)) => Some(n.saturating_sub(u64::from(self.subscribed.load(Ordering::Acquire)))),
             Ok(Err(e)) => {
                 self.health.failed(&e.to_string());
-                false
+                None
             }
             Err(_) => {
                 self.health.failed("PUBLISH timed out");
-                false
+                None
             }
         }
     }
@@ -149,6 +161,7 @@ impl Cluster {
             "expected_nodes": c.expected_nodes,
             "timeout_ms": c.timeout.as_secs_f64() * 1000.0,
             "connected": self.is_up(),
+            "purges_subscribed": self.subscribed.load(Ordering::Acquire),
             "last_error": *self.health.last_error.lock().unwrap_or_else(|p| p.into_inner()),
             "members": *self.members.lock().unwrap_or_else(|p| p.into_inner()),
         })
@@ -188,6 +201,7 @@ impl Cluster {
                 tokio::time::sleep(HEARTBEAT).await;
                 continue;
             }
+            self.subscribed.store(true, Ordering::Release);
             let mut messages = pubsub.on_message();
             while let Some(msg) = messages.next().await {
                 let Ok(text) = msg.get_payload::<String>() else {
@@ -195,6 +209,8 @@ impl Cluster {
                 };
                 self.apply_purge(&text);
             }
+            self.subscribed.store(false, Ordering::Release);
+            tracing::warn!("cluster: lost the purge subscription; purges from other instances are missed until it is back");
         }
     }
 
@@ -203,7 +219,7 @@ impl Cluster {
             tracing::warn!("cluster: ignored a purge message that is not JSON");
             return;
         };
-        if message["from"].as_str() == Some(self.config.node_id.as_str()) {
+        if message["from"].as_str() == Some(self.instance.as_str()) {
             return;
         }
         let (Some(tenant), Some(handler)) = (message["tenant"].as_str(), self.on_purge.get())
@@ -247,22 +263,35 @@ impl Fleet for Cluster {
                 Budget::Quota { debt, .. } | Budget::Rate { debt, .. } => debt,
             };
             let debt = owed.swap(0, Ordering::AcqRel);
+            let credit = match &ask.budget {
+                Budget::Rate { .. } => lease.take_lapsed(),
+                Budget::Quota { .. } => 0,
+            };
             let started = std::time::Instant::now();
-            let lease_request = lease_from(&mut conn, &ask, debt);
+            let lease_request = lease_from(&mut conn, &ask, debt, credit);
             let answer = tokio::time::timeout(COMMAND_TIMEOUT, lease_request).await;
             let took_us = started.elapsed().as_micros() as u64;
             tracing::debug!(key = %ask.key, took_us, ?answer, "cluster: lease");
             match answer {
                 Ok(Ok(grant)) => {
                     health.ok();
-                    lease.fill(grant, now_ns(), ask.ttl);
+                    let reported = match &ask.budget {
+                        Budget::Quota { .. } => debt,
+                        Budget::Rate { .. } => 0,
+                    };
+                    lease.fill(grant, reported, now_ns(), ask.ttl);
                 }
-                failure => {
+                Ok(Err(e)) => {
+                    // Not counted by Redis: owed and handed back again next time.
                     owed.fetch_add(debt, Ordering::AcqRel);
-                    health.failed(&match failure {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "lease request timed out".to_string(),
-                    });
+                    lease.return_lapsed(credit);
+                    health.failed(&e.to_string());
+                    lease.failed();
+                }
+                Err(_) => {
+                    // The script may have run: not sending the debt again errs towards
+                    // admitting a little more, never towards counting a request twice.
+                    health.failed("lease request timed out");
                     lease.failed();
                 }
             }
@@ -274,6 +303,7 @@ async fn lease_from(
     conn: &mut ConnectionManager,
     ask: &Ask,
     debt: u64,
+    credit: u64,
 ) -> redis::RedisResult<Grant> {
     match &ask.budget {
         Budget::Rate {
@@ -286,7 +316,8 @@ async fn lease_from(
                 .arg(interval_us)
                 .arg(tolerance_us)
                 .arg(ask.want)
-                .arg(debt);
+                .arg(debt)
+                .arg(credit);
             let (granted, retry_us): (u64, u64) = call.invoke_async(conn).await?;
             Ok(Grant {
                 granted,

@@ -5,9 +5,10 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Charges ARGV[4] requests admitted elsewhere, then leases up to ARGV[3] requests of a GCRA
-/// rate kept as one number, the theoretical arrival time in µs, under KEYS[1] (ARGV[1]: µs
-/// between requests, ARGV[2]: µs of burst tolerance).
+/// Takes back ARGV[5] leased requests that lapsed unspent, charges ARGV[4] requests admitted
+/// elsewhere, then leases up to ARGV[3] requests of a GCRA rate kept as one number, the
+/// theoretical arrival time in µs, under KEYS[1] (ARGV[1]: µs between requests, ARGV[2]: µs
+/// of burst tolerance).
 /// Returns {granted, µs until room again (when nothing was granted)}.
 pub static RATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -15,7 +16,7 @@ pub static RATE: LazyLock<Script> = LazyLock::new(|| {
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval, tolerance, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') - tonumber(ARGV[5]) * interval
 if tat < now then tat = now end
 tat = tat + tonumber(ARGV[4]) * interval
 local room = math.floor((now + tolerance - tat) / interval) + 1

@@ -120,19 +120,27 @@ fn default_node_id() -> String {
         .unwrap_or_else(|| format!("pid-{}", std::process::id()))
 }
 
-/// The URL as shown in `/-/config` and logs: any password replaced.
-pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+/// The URL as shown in `/-/config` and logs: any password replaced, in the user part or in
+/// the query (`?pass=…`, as for `redis+unix://`).
+pub fn redacted(raw: &str) -> String {
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return "(not a URL)".to_string();
     };
-    match rest.split_once('@') {
-        Some((user, host)) => {
-            let user = user.split_once(':').map_or(user, |(u, _)| u);
-            let user = if user.is_empty() { "" } else { user };
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_string(),
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
     }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = matches!(k.as_ref(), "pass" | "password");
+                let v = if secret { "***".into() } else { v.into_owned() };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 #[cfg(test)]

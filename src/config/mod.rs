@@ -7,6 +7,10 @@ mod backends;
 mod cache;
 mod clients;
 pub mod cluster;
+
+/// `scope = "cluster"` with nothing to share through would count per instance, silently.
+const NO_CLUSTER: &str =
+    "`cluster` needs [cluster] in the main file (without it every instance counts alone: use \"local\")";
 mod duration;
 mod error;
 mod fields;
@@ -212,6 +216,9 @@ fn assemble_config(
             server::defaults()
         }
     };
+    if server.cluster.is_none() && server.default_limits.scope == Some(model::Scope::Cluster) {
+        errs.push(main_file, "limits.scope", NO_CLUSTER);
+    }
     server.tenants_dir = resolve_dir(main_file, &server.tenants_dir);
     server.quota_state_file = server.quota_state_file.map(|p| resolve_dir(main_file, &p));
     server.upgrade_socket = resolve_dir(main_file, &server.upgrade_socket);
@@ -267,6 +274,14 @@ fn assemble_config(
                 };
                 let mut errors = file.errors.clone();
                 errors.extend(file_errs.remove(&path).unwrap_or_default());
+                if server.cluster.is_none() && t.tenant.limits.scope == Some(model::Scope::Cluster)
+                {
+                    errors.push(ConfigError {
+                        file: path.clone(),
+                        key: "limits.scope".into(),
+                        reason: NO_CLUSTER.into(),
+                    });
+                }
                 if errors.is_empty() {
                     Ok(compiled)
                 } else {

@@ -364,3 +364,23 @@ fn the_shipped_examples_are_valid() {
     assert_eq!(c.tenants[0].id, "app");
     assert_eq!(c.server.log_format, LogFormat::Json);
 }
+
+#[test]
+fn a_cluster_scope_without_a_cluster_is_refused_where_it_is_written() {
+    let tenant = one_pool(
+        "",
+        "[limits]\nrate = { requests = 5 }\nscope = \"cluster\"\n",
+    );
+    assert_eq!(
+        keys(tenants(&[("a.toml", &tenant)])),
+        [k("a.toml", "limits.scope")]
+    );
+    let main = "[limits]\nscope = \"cluster\"\n";
+    let r = parse(Path::new("/c/porteiro.toml"), main, &[]);
+    assert_eq!(keys(r), [k("porteiro.toml", "limits.scope")]);
+    let main = "[limits]\nscope = \"cluster\"\n[cluster]\nredis = \"redis://127.0.0.1:6379\"\n";
+    let files = [(PathBuf::from("/c/tenants.d/a.toml"), tenant)];
+    let c = parse(Path::new("/c/porteiro.toml"), main, &files).unwrap();
+    assert_eq!(c.tenants[0].limits.scope, Some(Scope::Cluster));
+    assert_eq!(c.server.cluster.unwrap().expected_nodes, 1);
+}

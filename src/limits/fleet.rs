@@ -91,9 +91,15 @@ pub struct Lease {
     denied_until_ns: AtomicU64,
     /// Quotas: the fleet's count in the window at the last answer.
     used: AtomicU64,
-    /// Quotas: requests admitted locally (store unreachable) since the last answer.
+    /// Quotas: requests admitted locally (store unreachable) not yet in `used`.
     fallback_used: AtomicU64,
+    /// Units that lapsed unspent: handed back with the next ask, so a client slower than the
+    /// lease's lifetime is not charged twice for each request.
+    lapsed: AtomicU64,
     asking: AtomicBool,
+    /// Counts failed asks: a request waiting for an answer that failed decides locally
+    /// instead of asking a failing store again.
+    failures: AtomicU64,
     filled: Notify,
 }
 
@@ -111,7 +117,12 @@ pub enum Take {
 impl Lease {
     /// Spends one unit at `now`; `low`: ask for more when this many or fewer are left.
     pub fn take(&self, now: u64, low: u64) -> Take {
-        if now < self.expires_ns.load(Ordering::Acquire) {
+        if now >= self.expires_ns.load(Ordering::Acquire) {
+            let lapsed = self.tokens.swap(0, Ordering::AcqRel);
+            if lapsed > 0 {
+                self.lapsed.fetch_add(lapsed, Ordering::AcqRel);
+            }
+        } else {
             let mut t = self.tokens.load(Ordering::Acquire);
             while t > 0 {
                 match self.tokens.compare_exchange_weak(
@@ -140,16 +151,33 @@ impl Lease {
         !self.asking.swap(true, Ordering::AcqRel)
     }
 
-    /// Adds the store's answer at `now`; leased units may be spent for `ttl`.
-    pub fn fill(&self, grant: Grant, now: u64, ttl: Duration) {
+    /// Units that lapsed since the last call, to hand back to the store.
+    pub fn take_lapsed(&self) -> u64 {
+        self.lapsed.swap(0, Ordering::AcqRel)
+    }
+
+    /// Lapsed units the store did not take back after all (the ask failed).
+    pub fn return_lapsed(&self, n: u64) {
+        self.lapsed.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Adds the store's answer at `now`; leased units may be spent for `ttl`. `reported`:
+    /// locally admitted quota requests the answer has counted.
+    pub fn fill(&self, grant: Grant, reported: u64, now: u64, ttl: Duration) {
         let expires = self.expires_ns.load(Ordering::Acquire);
         if now >= expires {
-            self.tokens.store(grant.granted, Ordering::Release);
+            let lapsed = self.tokens.swap(grant.granted, Ordering::AcqRel);
+            self.lapsed.fetch_add(lapsed, Ordering::AcqRel);
         } else {
             self.tokens.fetch_add(grant.granted, Ordering::AcqRel);
         }
         self.used.store(grant.used, Ordering::Release);
-        self.fallback_used.store(0, Ordering::Release);
+        // What the answer counted is in `used` now; what was admitted since is not.
+        let _ = self
+            .fallback_used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(reported))
+            });
         if grant.granted > 0 {
             self.expires_ns
                 .store(now + ttl.as_nanos() as u64, Ordering::Release);
@@ -164,6 +192,7 @@ impl Lease {
 
     /// The store did not answer: waiting requests decide locally.
     pub fn failed(&self) {
+        self.failures.fetch_add(1, Ordering::AcqRel);
         self.done();
     }
 
@@ -172,9 +201,14 @@ impl Lease {
         self.filled.notify_waiters();
     }
 
-    /// Takes one unit, waiting for the store at most `limit` when the lease is empty.
-    /// `None`: no answer in time (decide locally). `ask` is called to send an ask.
-    pub async fn take_or_wait(&self, low: u64, limit: Duration, ask: impl Fn()) -> Option<Take> {
+    /// Takes one unit, waiting for the store until `deadline` when the lease is empty.
+    /// `None`: no answer in time, or the ask failed (decide locally). `ask` sends an ask.
+    pub async fn take_or_wait(
+        &self,
+        low: u64,
+        deadline: tokio::time::Instant,
+        ask: impl Fn(),
+    ) -> Option<Take> {
         // A unit spent that leaves the lease low asks for more, without waiting for it.
         let asked = |t: Take| {
             if t == (Take::Granted { ask: true }) && self.start_asking() {
@@ -185,7 +219,7 @@ impl Lease {
                 t => t,
             }
         };
-        let deadline = tokio::time::Instant::now() + limit;
+        let failures = self.failures.load(Ordering::Acquire);
         loop {
             let filled = self.filled.notified();
             tokio::pin!(filled);
@@ -195,6 +229,9 @@ impl Lease {
             match self.take(now_ns(), low) {
                 Take::Empty => {}
                 decided => return Some(asked(decided)),
+            }
+            if self.failures.load(Ordering::Acquire) != failures {
+                return None;
             }
             if self.start_asking() {
                 ask();
@@ -225,6 +262,14 @@ impl Lease {
         self.used.load(Ordering::Acquire)
     }
 
+    /// No units, no refusal running, nothing to hand back, no ask on its way.
+    pub fn is_idle(&self, now: u64) -> bool {
+        self.available(now) == 0
+            && now >= self.denied_until_ns.load(Ordering::Acquire)
+            && self.lapsed.load(Ordering::Acquire) == 0
+            && !self.asking.load(Ordering::Acquire)
+    }
+
     /// Units leased and not yet spent (for tests and status).
     pub fn available(&self, now: u64) -> u64 {
         if now < self.expires_ns.load(Ordering::Acquire) {
@@ -241,6 +286,10 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
+    fn in_ms(ms: u64) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(ms)
+    }
+
     fn grant(granted: u64, retry_ms: u64) -> Grant {
         Grant {
             granted,
@@ -256,7 +305,7 @@ mod tests {
         assert_eq!(l.take(t0, 1), Take::Empty);
         assert!(l.start_asking());
         assert!(!l.start_asking(), "one ask at a time");
-        l.fill(grant(3, 0), t0, Duration::from_secs(1));
+        l.fill(grant(3, 0), 0, t0, Duration::from_secs(1));
         assert_eq!(l.take(t0, 1), Take::Granted { ask: false });
         assert_eq!(l.take(t0, 1), Take::Granted { ask: true });
         assert_eq!(l.take(t0, 1), Take::Granted { ask: true });
@@ -267,7 +316,7 @@ mod tests {
     fn a_refusal_from_the_store_is_remembered_until_it_ends() {
         let l = Lease::default();
         let t0 = 1000 * MS;
-        l.fill(grant(0, 40), t0, Duration::from_secs(1));
+        l.fill(grant(0, 40), 0, t0, Duration::from_secs(1));
         assert_eq!(
             l.take(t0 + 10 * MS, 0),
             Take::Denied(Duration::from_millis(30))
@@ -279,12 +328,56 @@ mod tests {
     fn units_left_unspent_too_long_are_dropped() {
         let l = Lease::default();
         let t0 = 1000 * MS;
-        l.fill(grant(5, 0), t0, Duration::from_millis(100));
+        l.fill(grant(5, 0), 0, t0, Duration::from_millis(100));
         assert_eq!(l.available(t0 + 99 * MS), 5);
         assert_eq!(l.take(t0 + 100 * MS, 0), Take::Empty);
-        // A new grant after expiry replaces the stale units rather than adding to them.
-        l.fill(grant(2, 0), t0 + 200 * MS, Duration::from_millis(100));
+        // A new grant after expiry replaces the stale units rather than adding to them, and
+        // the lapsed ones are handed back with the next ask.
+        l.fill(grant(2, 0), 0, t0 + 200 * MS, Duration::from_millis(100));
         assert_eq!(l.available(t0 + 200 * MS), 2);
+        assert_eq!(l.take_lapsed(), 5);
+        assert_eq!(l.take(t0 + 300 * MS, 0), Take::Empty);
+        assert_eq!(l.take_lapsed(), 2);
+        assert_eq!(l.take_lapsed(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_waiting_on_a_failed_ask_decides_locally_at_once() {
+        let l = Arc::new(Lease::default());
+        let failer = l.clone();
+        let asks = std::sync::atomic::AtomicU32::new(0);
+        let started = Instant::now();
+        let got = l
+            .take_or_wait(0, in_ms(5000), || {
+                asks.fetch_add(1, Ordering::AcqRel);
+                let failer = failer.clone();
+                tokio::spawn(async move { failer.failed() });
+            })
+            .await;
+        assert_eq!(got, None);
+        assert_eq!(
+            asks.load(Ordering::Acquire),
+            1,
+            "no second ask to a failing store"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn quota_shares_left_count_what_the_answer_did_not_report_yet() {
+        let l = Lease::default();
+        let answer = |used| Grant {
+            granted: 0,
+            retry_after: Duration::ZERO,
+            used,
+        };
+        l.fill(answer(90), 0, 1000 * MS, Duration::from_secs(1));
+        // 10 left for 2 instances: 5 each.
+        assert_eq!((0..8).filter(|_| l.take_fallback_share(100, 2)).count(), 5);
+        // An answer that counted 3 of those 5 leaves 2 pending: 2 more fit in the share of
+        // what is left (100 - 93) / 2 = 3.
+        l.fill(answer(93), 3, 1000 * MS, Duration::from_secs(1));
+        assert_eq!((0..8).filter(|_| l.take_fallback_share(100, 2)).count(), 1);
     }
 
     #[tokio::test]
@@ -292,19 +385,17 @@ mod tests {
         let l = Arc::new(Lease::default());
         let filler = l.clone();
         let got = l
-            .take_or_wait(0, Duration::from_secs(5), move || {
+            .take_or_wait(0, in_ms(5000), move || {
                 let filler = filler.clone();
                 tokio::spawn(async move {
-                    filler.fill(grant(1, 0), now_ns(), Duration::from_secs(1));
+                    filler.fill(grant(1, 0), 0, now_ns(), Duration::from_secs(1));
                 });
             })
             .await;
         assert_eq!(got, Some(Take::Granted { ask: false }));
         let silent = Lease::default();
         let started = Instant::now();
-        let got = silent
-            .take_or_wait(0, Duration::from_millis(20), || {})
-            .await;
+        let got = silent.take_or_wait(0, in_ms(20), || {}).await;
         assert_eq!(got, None);
         assert!(started.elapsed() < Duration::from_secs(2));
     }

@@ -21,7 +21,6 @@ pub use gcra::{Cell, Rate, Verdict};
 pub use per_ip::PerIp;
 pub use persist::{QuotaPersister, QuotaState};
 pub use quota::{window, QuotaCounter, QuotaVerdict};
-pub use shared::Shared;
 
 use crate::config::model::{LimitsConfig, RateConfig, Scope};
 use fleet::Fleet;
@@ -96,9 +95,9 @@ impl std::fmt::Debug for TenantLimiter {
 /// The limits a fleet counts together.
 struct SharedLimits {
     fleet: Arc<dyn Fleet>,
-    rate: Option<SharedRate>,
-    per_ip: Option<SharedPerIp>,
-    quota: Option<SharedQuota>,
+    rate: Option<Arc<SharedRate>>,
+    per_ip: Option<Arc<SharedPerIp>>,
+    quota: Option<Arc<SharedQuota>>,
 }
 
 impl TenantLimiter {
@@ -122,14 +121,15 @@ impl TenantLimiter {
                 rate: config
                     .rate
                     .as_ref()
-                    .map(|r| SharedRate::new(key("rate"), &full(r), local(r))),
+                    .map(|r| Arc::new(SharedRate::new(key("rate"), &full(r), local(r)))),
                 per_ip: config.per_client_ip.as_ref().map(|r| {
                     let prefix = format!("{}:", key("ip"));
-                    SharedPerIp::new(prefix, full(r), local(r), PER_IP_CAPACITY)
+                    Arc::new(SharedPerIp::new(prefix, full(r), local(r), PER_IP_CAPACITY))
                 }),
-                quota: config
-                    .quota
-                    .map(|q| SharedQuota::new(format!("{}:", key("quota")), q.per, q.requests)),
+                quota: config.quota.map(|q| {
+                    let prefix = format!("{}:", key("quota"));
+                    Arc::new(SharedQuota::new(prefix, q.per, q.requests))
+                }),
                 fleet: fleet.clone(),
             }
         });
@@ -165,7 +165,7 @@ impl TenantLimiter {
     /// when shared).
     pub fn quota_used(&self) -> Option<(u64, u64)> {
         match &self.shared {
-            Some(s) => s.quota.as_ref().map(SharedQuota::snapshot),
+            Some(s) => s.quota.as_ref().map(|q| q.snapshot()),
             None => self.quota.as_ref().map(QuotaCounter::snapshot),
         }
     }
@@ -192,6 +192,18 @@ impl TenantLimiter {
                 }
                 if same_scope && p.config.per_client_ip == next.config.per_client_ip {
                     next.per_ip = p.per_ip.clone();
+                }
+                // Shared limits whose settings stayed keep their leases, debts and local shares.
+                if let (Some(old), Some(new)) = (&p.shared, &mut next.shared) {
+                    if same_scope && p.config.rate == next.config.rate {
+                        new.rate = old.rate.clone();
+                    }
+                    if same_scope && p.config.per_client_ip == next.config.per_client_ip {
+                        new.per_ip = old.per_ip.clone();
+                    }
+                    if same_scope && p.config.quota == next.config.quota {
+                        new.quota = old.quota.clone();
+                    }
                 }
                 if let (Some(old), Some(new)) = (&p.quota, &next.quota) {
                     if old.kind() == new.kind() {
@@ -242,6 +254,8 @@ impl TenantLimiter {
             permit.concurrent = Some(self.in_flight.clone());
         }
         let shared = self.shared.as_ref();
+        // One deadline for every shared limit of the request: it never waits longer in all.
+        let deadline = shared.map(|s| tokio::time::Instant::now() + s.fleet.timeout());
         // The client's own limit first: requests it refuses must not use up the tenant's
         // rate, or one abusive client would starve every other client of the tenant.
         if let Some(ip) = req.client_ip {
@@ -249,7 +263,10 @@ impl TenantLimiter {
                 shared.and_then(|s| Some((s.per_ip.as_ref()?, &s.fleet))),
                 &self.per_ip,
             ) {
-                (Some((per_ip, fleet)), _) => fleet_deny(per_ip.check(ip, fleet).await, fell_back),
+                (Some((per_ip, fleet)), _) => {
+                    let deadline = deadline.unwrap_or_else(tokio::time::Instant::now);
+                    fleet_deny(per_ip.check(ip, fleet, deadline).await, fell_back)
+                }
                 (None, Some((rate, cells))) => local_deny(cells.check(ip, rate, self.now_ns())),
                 (None, None) => None,
             };
@@ -261,7 +278,10 @@ impl TenantLimiter {
             shared.and_then(|s| Some((s.rate.as_ref()?, &s.fleet))),
             &self.rate,
         ) {
-            (Some((rate, fleet)), _) => fleet_deny(rate.check(fleet).await, fell_back),
+            (Some((rate, fleet)), _) => {
+                let deadline = deadline.unwrap_or_else(tokio::time::Instant::now);
+                fleet_deny(rate.check(fleet, deadline).await, fell_back)
+            }
             (None, Some((rate, cell))) => local_deny(cell.check(rate, self.now_ns())),
             (None, None) => None,
         };
@@ -271,14 +291,8 @@ impl TenantLimiter {
         if let Some(cfg) = c.quota {
             let spent = match shared.and_then(|s| Some((s.quota.as_ref()?, &s.fleet))) {
                 Some((q, fleet)) => {
-                    let verdict = q.check(fleet, now).await.unwrap_or_else(|local| {
-                        *fell_back = true;
-                        local
-                    });
-                    match verdict {
-                        Shared::Allow => None,
-                        Shared::Deny(resets_in) => Some(resets_in),
-                    }
+                    let deadline = deadline.unwrap_or_else(tokio::time::Instant::now);
+                    fleet_deny(q.check(fleet, now, deadline).await, fell_back)
                 }
                 None => match self.quota.as_ref().map(|q| q.take(cfg.requests, now)) {
                     Some(QuotaVerdict::Spent { resets_in }) => Some(resets_in),

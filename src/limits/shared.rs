@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use tokio::time::Instant as Deadline;
 
 use super::fleet::{now_ns, Ask, Budget, Fleet, Lease, Take};
 use super::gcra::{Cell, Rate, Verdict};
@@ -17,8 +18,8 @@ use super::quota::window;
 use crate::config::model::QuotaWindow;
 use crate::hash::stable_hash;
 
-/// Leased rate units may be spent this long; an idle instance's leftovers then lapse instead
-/// of letting it burst later.
+/// Leased rate units may be spent this long; an idle instance's leftovers then lapse (and
+/// are handed back) instead of letting it burst later.
 const RATE_LEASE_TTL: Duration = Duration::from_secs(1);
 /// A lease asks for this much of the rate at once (at least one request, at most the burst).
 const RATE_LEASE_SPAN: Duration = Duration::from_millis(10);
@@ -27,13 +28,8 @@ const RATE_LEASE_SPAN: Duration = Duration::from_millis(10);
 const QUOTA_LEASE_SHARE: u64 = 1000;
 /// Keys of a window are kept this long after it ends (clocks of instances differ a little).
 const QUOTA_KEY_GRACE: Duration = Duration::from_secs(3600);
-
-/// The fleet's verdict on one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shared {
-    Allow,
-    Deny(Duration),
-}
+/// Sweeping a full shard of client addresses is O(shard): at most this often per shard.
+const SWEEP_EVERY_NS: u64 = 1_000_000_000;
 
 /// A shared limit's answer: refused for how long, and whether a local share decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +65,8 @@ impl SharedRate {
         }
     }
 
-    pub async fn check(&self, fleet: &Arc<dyn Fleet>) -> Checked {
+    /// Decides one request, waiting for the store at most until `deadline`.
+    pub async fn check(&self, fleet: &Arc<dyn Fleet>, deadline: Deadline) -> Checked {
         let up = fleet.is_up();
         if up {
             let ask = || {
@@ -87,11 +84,7 @@ impl SharedRate {
                     },
                 )
             };
-            match self
-                .lease
-                .take_or_wait(self.want / 2, fleet.timeout(), ask)
-                .await
-            {
+            match self.lease.take_or_wait(self.want / 2, deadline, ask).await {
                 Some(Take::Granted { .. }) => {
                     return Checked {
                         deny: None,
@@ -123,16 +116,30 @@ impl SharedRate {
             fell_back: true,
         }
     }
+
+    /// Nothing here worth keeping: no units, no refusal running, nothing owed, and the local
+    /// share back to a full burst.
+    fn is_idle(&self, now: u64) -> bool {
+        self.lease.is_idle(now)
+            && self.debt.load(Ordering::Acquire) == 0
+            && self.local.1.is_idle(now)
+    }
 }
 
 const SHARDS: usize = 16;
+
+#[derive(Default)]
+struct Shard {
+    rates: HashMap<IpAddr, Arc<SharedRate>>,
+    last_sweep_ns: u64,
+}
 
 /// Shared rates per client address, memory-bounded like the local ones.
 pub struct SharedPerIp {
     prefix: String,
     rate: Rate,
     local: Rate,
-    shards: Vec<Mutex<HashMap<IpAddr, Arc<SharedRate>>>>,
+    shards: Vec<Mutex<Shard>>,
     per_shard: usize,
 }
 
@@ -147,9 +154,9 @@ impl SharedPerIp {
         }
     }
 
-    pub async fn check(&self, ip: IpAddr, fleet: &Arc<dyn Fleet>) -> Checked {
+    pub async fn check(&self, ip: IpAddr, fleet: &Arc<dyn Fleet>, deadline: Deadline) -> Checked {
         let rate = self.rate_of(ip);
-        rate.check(fleet).await
+        rate.check(fleet, deadline).await
     }
 
     fn rate_of(&self, ip: IpAddr) -> Arc<SharedRate> {
@@ -160,22 +167,25 @@ impl SharedPerIp {
         let mut shard = self.shards[(hash as usize) % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = shard.get(&ip) {
+        if let Some(r) = shard.rates.get(&ip) {
             return r.clone();
         }
-        if shard.len() >= self.per_shard {
-            // Addresses with nothing leased carry no state worth keeping; else forget any.
+        if shard.rates.len() >= self.per_shard {
             let now = now_ns();
-            shard.retain(|_, r| r.lease.available(now) > 0);
-            if shard.len() >= self.per_shard {
-                if let Some(victim) = shard.keys().next().copied() {
-                    shard.remove(&victim);
+            if now.saturating_sub(shard.last_sweep_ns) >= SWEEP_EVERY_NS {
+                shard.last_sweep_ns = now;
+                shard.rates.retain(|_, r| !r.is_idle(now));
+            }
+            if shard.rates.len() >= self.per_shard {
+                // Everyone here is active: forget one (it restarts with a full local burst).
+                if let Some(victim) = shard.rates.keys().next().copied() {
+                    shard.rates.remove(&victim);
                 }
             }
         }
         let key = format!("{}{ip}", self.prefix);
         let r = Arc::new(SharedRate::new(key, &self.rate, self.local));
-        shard.insert(ip, r.clone());
+        shard.rates.insert(ip, r.clone());
         r
     }
 }
@@ -208,66 +218,85 @@ impl SharedQuota {
         }
     }
 
-    /// `Err(())`: decided locally (the store did not answer in time); the verdict is in it.
-    pub async fn check(&self, fleet: &Arc<dyn Fleet>, now: SystemTime) -> Result<Shared, Shared> {
+    /// Decides one request at `now`, waiting for the store at most until `deadline`.
+    pub async fn check(
+        &self,
+        fleet: &Arc<dyn Fleet>,
+        now: SystemTime,
+        deadline: Deadline,
+    ) -> Checked {
         let w = self.window_at(now);
         let resets_in = w.ends.duration_since(now).unwrap_or_default();
-        let local = || {
-            // Counted towards the fleet's total when the store answers again.
-            if w.lease
-                .take_fallback_share(self.limit, fleet.expected_nodes())
-            {
-                w.debt.fetch_add(1, Ordering::AcqRel);
-                Shared::Allow
-            } else {
-                Shared::Deny(resets_in)
-            }
-        };
-        if !fleet.is_up() {
-            return Err(local());
-        }
-        let expire_at = w.ends + QUOTA_KEY_GRACE;
-        let ask = || {
-            fleet.refill(
-                w.lease.clone(),
-                Ask {
-                    key: w.key.clone(),
-                    want: self.want,
-                    ttl: resets_in,
-                    budget: Budget::Quota {
-                        limit: self.limit,
-                        debt: w.debt.clone(),
-                        expire_at_ms: expire_at
-                            .duration_since(UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis() as u64),
+        if fleet.is_up() {
+            let expire_at = w.ends + QUOTA_KEY_GRACE;
+            let ask = || {
+                fleet.refill(
+                    w.lease.clone(),
+                    Ask {
+                        key: w.key.clone(),
+                        want: self.want,
+                        ttl: resets_in,
+                        budget: Budget::Quota {
+                            limit: self.limit,
+                            debt: w.debt.clone(),
+                            expire_at_ms: expire_at
+                                .duration_since(UNIX_EPOCH)
+                                .map_or(0, |d| d.as_millis() as u64),
+                        },
                     },
-                },
-            )
-        };
-        match w
+                )
+            };
+            match w.lease.take_or_wait(self.want / 2, deadline, ask).await {
+                Some(Take::Granted { .. }) => {
+                    return Checked {
+                        deny: None,
+                        fell_back: false,
+                    }
+                }
+                // Spent for the fleet: until the window ends, whatever the store said.
+                Some(Take::Denied(_)) => {
+                    return Checked {
+                        deny: Some(resets_in),
+                        fell_back: false,
+                    }
+                }
+                _ => {}
+            }
+        }
+        // This instance's share of what the fleet had left at the last answer; counted
+        // towards the fleet's total when the store answers again.
+        let deny = if w
             .lease
-            .take_or_wait(self.want / 2, fleet.timeout(), ask)
-            .await
+            .take_fallback_share(self.limit, fleet.expected_nodes())
         {
-            Some(Take::Granted { .. }) => Ok(Shared::Allow),
-            // Spent for the fleet: until the window ends, whatever the store said.
-            Some(Take::Denied(_)) => Ok(Shared::Deny(resets_in)),
-            _ => Err(local()),
+            w.debt.fetch_add(1, Ordering::AcqRel);
+            None
+        } else {
+            Some(resets_in)
+        };
+        Checked {
+            deny,
+            fell_back: true,
         }
     }
 
     fn window_at(&self, now: SystemTime) -> Arc<WindowLease> {
-        let current = self.current.load_full();
         let (id, _) = window(self.kind, now);
-        if id <= current.window {
-            return current;
+        loop {
+            let current = self.current.load_full();
+            if id <= current.window {
+                return current;
+            }
+            // One lease per window: of two requests crossing into it, one installs it.
+            let next = Arc::new(WindowLease::new(&self.prefix, self.kind, now));
+            let seen = self.current.compare_and_swap(&current, next.clone());
+            if Arc::ptr_eq(&*seen, &current) {
+                return next;
+            }
         }
-        let next = Arc::new(WindowLease::new(&self.prefix, self.kind, now));
-        self.current.store(next.clone());
-        next
     }
 
-    /// (window id, the fleet's count at the last answer), for status and persistence.
+    /// (window id, the fleet's count at the last answer), for status and metrics.
     pub fn snapshot(&self) -> (u64, u64) {
         let w = self.current.load();
         (w.window, w.lease.used())
@@ -351,6 +380,7 @@ mod tests {
                     retry_after: Duration::from_micros(*interval_us),
                     used: 0,
                 },
+                0,
                 now_ns(),
                 ask.ttl,
             );
@@ -370,7 +400,8 @@ mod tests {
     async fn admitted(r: &SharedRate, fleet: &Arc<dyn Fleet>, n: usize) -> (usize, usize) {
         let (mut ok, mut local) = (0, 0);
         for _ in 0..n {
-            let c = r.check(fleet).await;
+            let deadline = Deadline::now() + fleet.timeout();
+            let c = r.check(fleet, deadline).await;
             ok += usize::from(c.deny.is_none());
             local += usize::from(c.fell_back);
         }
@@ -401,7 +432,7 @@ mod tests {
         assert_eq!(admitted(&r, &fleet, 20).await, (5, 20));
         assert!(store.asks.lock().unwrap().is_empty());
         store.down.store(false, Ordering::Release);
-        r.check(&fleet).await;
+        r.check(&fleet, Deadline::now() + fleet.timeout()).await;
         assert_eq!(
             store.asks.lock().unwrap()[0].1,
             0,
