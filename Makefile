@@ -36,13 +36,15 @@ test: test-deps
 	cargo test --all-targets
 	@$(MAKE) --no-print-directory promcheck
 
-# The shipped alert rules, their unit tests, and a /metrics scrape taken by tests/metrics.rs.
+# The shipped alert rules, their unit tests, and /metrics scrapes taken by tests/metrics.rs and
+# (fleet mode; absent when the fleet tests were skipped) tests/cluster.rs.
 # Needs promtool (Debian package `prometheus`; CI installs it).
 promcheck:
 	@if command -v promtool >/dev/null 2>&1; then \
 	  promtool check rules conf/prometheus/alerts.yml && \
 	  promtool test rules conf/prometheus/alerts_test.yml && \
-	  promtool check metrics < target/tmp/metrics.prom; \
+	  promtool check metrics < target/tmp/metrics.prom && \
+	  { [ ! -f target/tmp/metrics-cluster.prom ] || promtool check metrics < target/tmp/metrics-cluster.prom; }; \
 	else echo "promtool not installed (apt-get install prometheus): alert rule and metrics format checks skipped"; fi
 
 lint: deps

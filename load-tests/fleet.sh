@@ -10,7 +10,7 @@
 # Needs: redis-server, nginx (backend), curl. Uses target/release/porteiro and
 # target/release/examples/fleet_load (cargo build --release --example fleet_load).
 #
-# Tenants: "capped" (rate 300/s for the fleet, offered 3 x 200/s) and "open" (rate 20,000/s,
+# Tenants: "capped" (rate 300/s, burst 30, offered 3 x 400/s) and "open" (rate 20,000/s,
 # offered 3 x 300/s: never refused, so its latency is the cost of leasing alone).
 set -euo pipefail
 D=${1:-10}
@@ -72,7 +72,7 @@ run_mode() {
     done
   done
   echo "--- $mode: $([ "$mode" = cluster ] && echo 'limits shared through Redis' || echo 'each instance counts alone')"
-  "$load" "$D" 127.0.0.1:18700,127.0.0.1:18701,127.0.0.1:18702 capped.example.com=200 open.example.com=300
+  "$load" "$D" 127.0.0.1:18700,127.0.0.1:18701,127.0.0.1:18702 capped.example.com=400 open.example.com=300
   if [ "$mode" = cluster ]; then
     for n in 0 1 2; do
       curl -s "http://127.0.0.1:$((18710 + n))/metrics" | grep -E '^porteiro_cluster_(fallback_total|errors_total|members)' | sed "s/^/  edge-$n: /"

@@ -134,7 +134,18 @@ async fn three_instances_admit_the_tenants_rate_once_between_them() {
         let m = p.scrape().await;
         assert_eq!(metric(&m, "porteiro_cluster_members"), 3.0, "{m}");
         assert_eq!(metric(&m, "porteiro_cluster_errors_total"), 0.0, "{m}");
+        assert_eq!(
+            metric(&m, "porteiro_cluster_info{node_id=\"edge-1\"}") as i32
+                + metric(&m, "porteiro_cluster_info{node_id=\"edge-2\"}") as i32
+                + metric(&m, "porteiro_cluster_info{node_id=\"edge-3\"}") as i32,
+            1
+        );
     }
+    // For `promtool check metrics` after the tests (see the Makefile).
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("metrics-cluster.prom"),
+        proxies[0].scrape().await,
+    );
     // Requests decided locally while Redis was slow are charged to the fleet afterwards, so
     // they do not change the figure above; how many there were is worth seeing.
     eprintln!("fallbacks: {:?}", fallbacks(&proxies).await);
