@@ -23,6 +23,13 @@ struct Node {
 /// reached Redis.
 async fn node(redis: &Redis, id: &str, tenant: &str, cluster_extra: &str) -> Node {
     let cfg = ConfigDir::new("");
+    if let Some(password) = &redis.password {
+        std::fs::write(
+            cfg.dir.path().join("redis.password"),
+            format!("{password}\n"),
+        )
+        .unwrap();
+    }
     cfg.append_main(&format!(
         "[cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\nkey_prefix = \"test:\"\n{cluster_extra}",
         redis.url()
@@ -279,10 +286,10 @@ async fn a_quota_is_counted_once_for_the_fleet_and_outlives_an_instance() {
     }
     assert_eq!(admitted, 30, "the fleet admits the quota exactly once");
     // The count is in Redis, with an expiry after the day ends.
-    let key = format!("test:quota:t:{}", day_number());
+    let key = format!("test:quota:t:{day}");
     assert_eq!(
         redis.command(&["GET", &key]).as_deref(),
-        Some("$2"),
+        Some("30"),
         "{key}"
     );
     let ttl: i64 = redis.command(&["TTL", &key]).unwrap()[1..].parse().unwrap();
@@ -361,4 +368,41 @@ async fn a_purge_on_one_instance_empties_the_others() {
         assert_eq!(get(&c, &n.proxy, "t.test", "/page").await.status, 200);
     }
     assert_eq!(b.hits(), 6, "every instance went back to the backend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_is_limited_once_for_the_fleet_through_a_redis_that_wants_a_password() {
+    let _serial = SERIAL.lock().await;
+    let Some(redis) = Redis::start_with_password(Some("s3cret-Pass")) else {
+        return;
+    };
+    let b = Backend::start("b").await;
+    // Every request comes from 127.0.0.1: one client address, through two instances.
+    let tenant = rate_tenant(
+        b.addr,
+        "per_client_ip = { requests = 50, per = \"1s\", burst = 5 }",
+    );
+    let mut nodes = Vec::new();
+    for id in ["edge-1", "edge-2", "edge-3"] {
+        let extra = "expected_nodes = 3\npassword_file = \"redis.password\"\n";
+        nodes.push(node(&redis, id, &tenant, extra).await);
+    }
+    let proxies: Vec<&Proxy> = nodes.iter().map(|n| &n.proxy).collect();
+    let secs = 5.0;
+    let counts = flood(
+        &proxies[..2],
+        "t.test",
+        Duration::from_millis(4),
+        Duration::from_secs_f64(secs),
+    )
+    .await;
+    assert!(counts.failed.is_empty(), "{:?}", counts.failed);
+    let rate = (counts.ok as f64 - 5.0) / secs;
+    assert!(
+        (47.5..=52.5).contains(&rate),
+        "the client got {rate:.1}/s, want 50/s ±5% ({counts:?})"
+    );
+    let status = proxies[0].config_status().await;
+    assert!(!status.to_string().contains("s3cret"), "{status}");
+    assert!(!proxies[0].logs().contains("s3cret"));
 }

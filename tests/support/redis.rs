@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 pub struct Redis {
     pub port: u16,
+    /// `requirepass`, when the test wants clients to authenticate.
+    pub password: Option<String>,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -34,9 +36,15 @@ fn binary() -> Option<PathBuf> {
 impl Redis {
     /// A running Redis, or `None` when `redis-server` is not installed.
     pub fn start() -> Option<Redis> {
+        Redis::start_with_password(None)
+    }
+
+    /// A running Redis that only answers clients giving `password` (`requirepass`).
+    pub fn start_with_password(password: Option<&str>) -> Option<Redis> {
         binary()?;
         let mut r = Redis {
             port: super::free_port(),
+            password: password.map(str::to_string),
             dir: tempfile::tempdir().unwrap(),
             child: None,
         };
@@ -54,6 +62,11 @@ impl Redis {
         let child = Command::new(binary().expect("redis-server"))
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|p| ["--requirepass", p.as_str()]),
+            )
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -79,16 +92,30 @@ impl Redis {
         }
     }
 
-    /// Sends one command (inline protocol) and returns the first line of the answer.
+    /// Sends one command (inline protocol), after `AUTH` when Redis wants a password, and
+    /// returns the answer: a bulk string's value, or the first line of any other answer
+    /// (`+PONG`, `:42`, `$-1` for no value).
     pub fn command(&self, args: &[&str]) -> Option<String> {
         use std::io::{BufRead, BufReader, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        s.write_all(format!("{}\r\n", args.join(" ")).as_bytes())
-            .ok()?;
+        let auth = self.password.as_ref().map(|p| format!("AUTH {p}\r\n"));
+        let request = format!("{}{}\r\n", auth.as_deref().unwrap_or(""), args.join(" "));
+        s.write_all(request.as_bytes()).ok()?;
+        let mut reader = BufReader::new(s);
         let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).ok()?;
-        Some(line.trim_end().to_string())
+        if auth.is_some() {
+            reader.read_line(&mut line).ok()?;
+            line.clear();
+        }
+        reader.read_line(&mut line).ok()?;
+        let line = line.trim_end().to_string();
+        if line.starts_with('$') && line != "$-1" {
+            let mut value = String::new();
+            reader.read_line(&mut value).ok()?;
+            return Some(value.trim_end().to_string());
+        }
+        Some(line)
     }
 }
 
