@@ -89,7 +89,20 @@ pub fn prepare(config_file: &Path, opts: &RunOptions) -> Result<Prepared, StartE
         }));
     }
     let reloader = Arc::new(Reloader::new(config_file, &config, cache, snapshot.clone()));
-    let server = build_server(&config, snapshot.clone(), reloader.clone(), opts)?;
+    let mut server = build_server(&config, snapshot.clone(), reloader.clone(), opts)?;
+    let s = &config.server;
+    server.add_service(background_service(
+        "readiness for the service manager",
+        crate::systemd::ReadyNotifier {
+            listeners: s.listen.iter().chain(&s.listen_tls).copied().collect(),
+        },
+    ));
+    server.add_service(background_service(
+        "upgrade on SIGUSR2",
+        crate::systemd::UpgradeOnSignal {
+            config: config_file.to_path_buf(),
+        },
+    ));
     Ok(Prepared {
         server,
         snapshot,
@@ -219,12 +232,14 @@ fn warn_about_certificates(config: &Config) {
     }
 }
 
-/// SIGHUP's default action ends the process. Until the reload service installs its handler,
-/// ignore it, so a `systemctl reload` right at start-up cannot kill porteiro.
+/// SIGHUP's default action ends the process (as SIGUSR1's and SIGUSR2's do). Until the
+/// services that handle them are running, ignore them, so a `systemctl reload` (or a log
+/// rotation, or an upgrade) right at start-up cannot kill porteiro.
 pub fn ignore_hangup_until_handled() {
     // SAFETY: setting a signal disposition to SIG_IGN has no memory-safety preconditions.
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
         libc::signal(libc::SIGUSR1, libc::SIG_IGN);
+        libc::signal(libc::SIGUSR2, libc::SIG_IGN);
     }
 }

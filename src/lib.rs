@@ -21,5 +21,6 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod snapshot;
+pub mod systemd;
 pub mod tls;
 pub mod upstream;

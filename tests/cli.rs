@@ -189,7 +189,9 @@ fn the_systemd_unit_has_the_keys_porteiro_relies_on() {
     for section in ["[Unit]", "[Service]", "[Install]"] {
         assert!(unit.lines().any(|l| l == section), "{section} missing");
     }
-    assert_eq!(one("Type"), "simple");
+    // READY=1 at start, MAINPID from the new process after an upgrade (tests/upgrade.rs).
+    assert_eq!(one("Type"), "notify");
+    assert_eq!(one("NotifyAccess"), "all");
     // --main-only: one tenant's broken file must not keep the service (every tenant) down.
     assert!(
         one("ExecStartPre").ends_with("porteiro check --main-only -c /etc/porteiro/porteiro.toml")

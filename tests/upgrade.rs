@@ -15,30 +15,7 @@ async fn an_upgrade_under_load_fails_no_request() {
     cfg.tenant("t.toml", &one_pool_tenant("t", &["t.test"], &[a.addr], ""));
     let mut old = Proxy::start(&cfg);
 
-    let (stop, sent, failed) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicUsize::new(0)),
-    );
-    let url = old.url("/");
-    let mut load = Vec::new();
-    // Kept-alive connections and a new connection per request, side by side.
-    for fresh in [false, true] {
-        let (stop, sent, failed, url) = (stop.clone(), sent.clone(), failed.clone(), url.clone());
-        load.push(tokio::spawn(async move {
-            let keep = client();
-            while !stop.load(Ordering::SeqCst) {
-                let c = if fresh { client() } else { keep.clone() };
-                let r = c.get(&url).header("host", "t.test").send().await;
-                sent.fetch_add(1, Ordering::SeqCst);
-                if !matches!(r, Ok(ref r) if r.status() == 200) {
-                    failed.fetch_add(1, Ordering::SeqCst);
-                    eprintln!("failed: {r:?}");
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }));
-    }
+    let load = Load::start(old.url("/"));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The new server inherits the command's output: a file, not a pipe that would stay open.
@@ -61,16 +38,12 @@ async fn an_upgrade_under_load_fails_no_request() {
     let exited = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(15)));
     // Traffic goes on with the old process gone.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::SeqCst);
-    for task in load {
-        task.await.unwrap();
-    }
+    let (sent, failed) = load.stop().await;
     // SAFETY: our own child's child, found above.
     let alive = unsafe { libc::kill(new_pid, 0) } == 0;
     unsafe { libc::kill(new_pid, libc::SIGKILL) };
     assert!(exited, "the old process did not exit:\n{}", old.logs());
     assert!(alive, "the new process is not running");
-    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
     eprintln!("requests during the upgrade: {sent}, failed: {failed}");
     assert!(sent > 100, "{sent}");
     assert_eq!(failed, 0, "of {sent} requests");
@@ -94,4 +67,108 @@ async fn an_upgrade_with_a_broken_main_file_leaves_the_old_process_alone() {
     let exited = tokio::task::block_in_place(|| old.wait_exit(Duration::from_millis(500)));
     assert!(!exited, "the old process exited:\n{}", old.logs());
     assert_eq!(get(&client(), &old, "t.test", "/").await.status, 200);
+}
+
+/// Requests every 5 ms on a kept-alive connection and on fresh ones, until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: String) -> Load {
+        let (stop, sent, failed) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let tasks = [false, true]
+            .into_iter()
+            .map(|fresh| {
+                let (stop, sent, failed, url) =
+                    (stop.clone(), sent.clone(), failed.clone(), url.clone());
+                tokio::spawn(async move {
+                    let keep = client();
+                    while !stop.load(Ordering::SeqCst) {
+                        let c = if fresh { client() } else { keep.clone() };
+                        let r = c.get(&url).header("host", "t.test").send().await;
+                        sent.fetch_add(1, Ordering::SeqCst);
+                        if !matches!(r, Ok(ref r) if r.status() == 200) {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                            eprintln!("failed: {r:?}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            sent,
+            failed,
+            tasks,
+        }
+    }
+
+    /// (sent, failed)
+    async fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (
+            self.sent.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// A service manager's notification socket: what porteiro tells it, one datagram at a time.
+fn notification(socket: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).expect("a notification within 20s");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_upgrades_inside_the_service_and_the_new_process_says_it_is_the_main_one() {
+    let a = Backend::start("a").await;
+    let cfg = ConfigDir::new("grace_period = \"1s\"\nupgrade_socket = \"run/upgrade.sock\"");
+    cfg.tenant("t.toml", &one_pool_tenant("t", &["t.test"], &[a.addr], ""));
+    // What systemd does for Type=notify: a datagram socket named in NOTIFY_SOCKET.
+    let path = cfg.dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut old = Proxy::start_with_env(&cfg, &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    let first = tokio::task::block_in_place(|| notification(&socket));
+    assert!(first.contains("READY=1"), "{first}");
+    assert!(first.contains(&format!("MAINPID={}", old.pid())), "{first}");
+
+    let load = Load::start(old.url("/"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // `systemctl kill --kill-whom=main --signal=SIGUSR2 porteiro`
+    // SAFETY: a plain signal to our own child.
+    unsafe { libc::kill(old.pid(), libc::SIGUSR2) };
+    let second = tokio::task::block_in_place(|| notification(&socket));
+    let new_pid: i32 = second
+        .lines()
+        .find_map(|l| l.strip_prefix("MAINPID=")?.parse().ok())
+        .unwrap_or_else(|| panic!("no MAINPID in {second}"));
+    assert!(second.contains("READY=1"), "{second}");
+    let exited = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(15)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (sent, failed) = load.stop().await;
+    // SAFETY: the new process, found above.
+    let alive = unsafe { libc::kill(new_pid, 0) } == 0;
+    unsafe { libc::kill(new_pid, libc::SIGKILL) };
+    assert_ne!(new_pid, old.pid());
+    assert!(exited, "the old process did not exit:\n{}", old.logs());
+    assert!(alive, "the new process is not running");
+    eprintln!("requests during the upgrade: {sent}, failed: {failed}");
+    assert!(sent > 100, "{sent}");
+    assert_eq!(failed, 0, "of {sent} requests");
 }

@@ -284,10 +284,16 @@ pub struct Proxy {
 impl Proxy {
     /// Starts porteiro and waits (bounded) until its listener accepts connections.
     pub fn start(cfg: &ConfigDir) -> Proxy {
+        Proxy::start_with_env(cfg, &[])
+    }
+
+    /// `start`, with extra environment variables (such as a service manager's).
+    pub fn start_with_env(cfg: &ConfigDir, env: &[(&str, &str)]) -> Proxy {
         let log = cfg.dir.path().join("porteiro.log");
         let child = Command::new(BIN)
             .args(["run", "-c"])
             .arg(cfg.main_file())
+            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("PORTEIRO_TEST_LOG").unwrap_or("info".into()),
