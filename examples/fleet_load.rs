@@ -5,56 +5,17 @@
 //!
 //!   cargo run --release --example fleet_load -- SECONDS ADDR,ADDR,... HOST=RATE [HOST=RATE...]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-#[derive(Default)]
-struct Tally {
-    latencies: Vec<Duration>,
-    statuses: BTreeMap<u16, u64>,
-    errors: u64,
-}
+#[path = "support/open_load.rs"]
+mod open_load;
+use open_load::{drive, percentile, Tally};
 
-async fn drive(url: String, host: String, rate: u32, secs: u64, tally: Arc<Mutex<Tally>>) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(256)
-        .build()
-        .expect("client");
-    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let end = Instant::now() + Duration::from_secs(secs);
-    let mut inflight = Vec::new();
-    while Instant::now() < end {
-        tick.tick().await;
-        let (client, url, tally, host) = (client.clone(), url.clone(), tally.clone(), host.clone());
-        inflight.push(tokio::spawn(async move {
-            let started = Instant::now();
-            let result = client.get(&url).header("host", &host).send().await;
-            let took = started.elapsed();
-            let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
-            match result {
-                Ok(r) => {
-                    *t.statuses.entry(r.status().as_u16()).or_default() += 1;
-                    t.latencies.push(took);
-                }
-                Err(_) => t.errors += 1,
-            }
-        }));
-    }
-    for task in inflight {
-        let _ = task.await;
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1e3
+/// Milliseconds, for printing.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -83,6 +44,7 @@ async fn main() {
     for ((host, rate), tally) in tenants.iter().zip(&tallies) {
         for addr in &addrs {
             tasks.push(tokio::spawn(drive(
+                open_load::client(),
                 format!("http://{addr}/"),
                 host.clone(),
                 *rate,
@@ -104,8 +66,8 @@ async fn main() {
             admitted as f64 / secs as f64,
             t.statuses,
             t.errors,
-            percentile(&t.latencies, 0.50),
-            percentile(&t.latencies, 0.99),
+            ms(percentile(&t.latencies, 0.50)),
+            ms(percentile(&t.latencies, 0.99)),
         );
     }
 }

@@ -5,62 +5,12 @@
 //!
 //!   cargo run --release --example isolation_load -- 127.0.0.1:PORT STEADY_HOST STEADY FLOOD_HOST FLOOD SECONDS [PATH]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-#[derive(Default)]
-struct Tally {
-    latencies: Vec<Duration>,
-    statuses: BTreeMap<u16, u64>,
-    errors: u64,
-}
-
-async fn drive(
-    client: reqwest::Client,
-    url: String,
-    host: String,
-    rate: u32,
-    secs: u64,
-    tally: Arc<Mutex<Tally>>,
-) {
-    if rate == 0 {
-        return;
-    }
-    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let end = Instant::now() + Duration::from_secs(secs);
-    let mut inflight = Vec::new();
-    while Instant::now() < end {
-        tick.tick().await;
-        let (client, url, tally, host) = (client.clone(), url.clone(), tally.clone(), host.clone());
-        inflight.push(tokio::spawn(async move {
-            let started = Instant::now();
-            let result = client.get(&url).header("host", &host).send().await;
-            let took = started.elapsed();
-            let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
-            match result {
-                Ok(r) => {
-                    *t.statuses.entry(r.status().as_u16()).or_default() += 1;
-                    t.latencies.push(took);
-                }
-                Err(_) => t.errors += 1,
-            }
-        }));
-    }
-    for task in inflight {
-        let _ = task.await;
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
+#[path = "support/open_load.rs"]
+mod open_load;
+use open_load::{drive, percentile, Tally};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -75,11 +25,7 @@ async fn main() {
     let steady: u32 = arg(3).parse().unwrap_or(80);
     let flood: u32 = arg(5).parse().unwrap_or(0);
     let secs: u64 = arg(6).parse().unwrap_or(20);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(256)
-        .build()
-        .expect("client");
+    let client = open_load::client();
     let path = args.get(7).map_or("/", String::as_str);
     let url = format!("http://{addr}{path}");
     let (a, b) = (

@@ -103,10 +103,9 @@ pub fn log(entry: &Entry) {
 impl Entry<'_> {
     /// The line as JSON, keys in the order of the struct, as serde_json would write it.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        use std::io::Write as _;
+        let string = crate::text::push_json_string;
         out.extend_from_slice(b"{\"time\":\"");
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, "{}", humantime::format_rfc3339_millis(self.time.0));
+        crate::text::push_rfc3339_millis(out, self.time.0);
         out.extend_from_slice(b"\",\"tenant\":");
         string(out, self.tenant);
         out.extend_from_slice(b",\"host\":");
@@ -137,13 +136,12 @@ impl Entry<'_> {
         string(out, self.request_id);
         out.extend_from_slice(b",\"client_ip\":");
         match self.client_ip {
-            Some(ip) => {
-                let _ = write!(out, "\"{ip}\"");
-            }
+            Some(ip) => address(out, ip),
             None => out.extend_from_slice(b"null"),
         }
         if let Some(peer) = self.peer {
-            let _ = write!(out, ",\"peer\":\"{peer}\"");
+            out.extend_from_slice(b",\"peer\":");
+            address(out, peer);
         }
         out.extend_from_slice(if self.tls {
             b",\"tls\":true"
@@ -163,6 +161,22 @@ impl Entry<'_> {
     }
 }
 
+fn address(out: &mut Vec<u8>, ip: IpAddr) {
+    out.push(b'"');
+    match ip {
+        IpAddr::V4(v4) => {
+            let (buf, len) = crate::text::ipv4(v4);
+            out.extend_from_slice(&buf[..len]);
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "{v6}");
+        }
+    }
+    out.push(b'"');
+}
+
 fn integer(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
@@ -174,40 +188,6 @@ fn float(out: &mut Vec<u8>, f: f64) {
     } else {
         out.extend_from_slice(b"null");
     }
-}
-
-/// A JSON string: quotes, backslashes and control characters escaped as serde_json does.
-/// Hosts, paths and ids come from clients: nothing in them may end the string early.
-fn string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => {
-                out.extend_from_slice(&bytes[start..i]);
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 0xf)]);
-                start = i + 1;
-                continue;
-            }
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(escape);
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
 }
 
 enum Sink {

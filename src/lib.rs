@@ -22,5 +22,6 @@ pub mod reload;
 pub mod routing;
 pub mod snapshot;
 pub mod systemd;
+pub mod text;
 pub mod tls;
 pub mod upstream;

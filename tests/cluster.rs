@@ -40,6 +40,24 @@ async fn node(redis: &Redis, id: &str, tenant: &str, cluster_extra: &str) -> Nod
     Node { _cfg: cfg, proxy }
 }
 
+/// Three instances, edge-1 to edge-3, on `redis`.
+async fn fleet(redis: &Redis, tenant: &str, cluster_extra: &str) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for id in ["edge-1", "edge-2", "edge-3"] {
+        nodes.push(node(redis, id, tenant, cluster_extra).await);
+    }
+    nodes
+}
+
+/// Floods `proxies` (one request every 4 ms each) for `secs`; what was admitted per second
+/// after the burst. Every request must be answered.
+async fn steady_rate(proxies: &[&Proxy], secs: f64, burst: f64) -> (f64, Counts) {
+    let every = Duration::from_millis(4);
+    let counts = flood(proxies, "t.test", every, Duration::from_secs_f64(secs)).await;
+    assert!(counts.failed.is_empty(), "{:?}", counts.failed);
+    ((counts.ok as f64 - burst) / secs, counts)
+}
+
 async fn wait_up(proxy: &Proxy, up: u8) {
     let line = format!("porteiro_cluster_up {up}");
     eventually(WAIT, &line, || async {
@@ -111,28 +129,16 @@ async fn three_instances_admit_the_tenants_rate_once_between_them() {
         b.addr,
         "rate = { requests = 100, per = \"1s\", burst = 10 }",
     );
-    let mut nodes = Vec::new();
-    for id in ["edge-1", "edge-2", "edge-3"] {
-        nodes.push(node(&redis, id, &tenant, "expected_nodes = 3\n").await);
-    }
+    let nodes = fleet(&redis, &tenant, "expected_nodes = 3\n").await;
     let proxies: Vec<&Proxy> = nodes.iter().map(|n| &n.proxy).collect();
     // Two of the three get the traffic (2 x 250/s, 5 times the rate): local thirds of the
-    // rate would admit 67/s between them, shared counting 100/s.
-    let secs = 10.0;
-    let counts = flood(
-        &proxies[..2],
-        "t.test",
-        Duration::from_millis(4),
-        Duration::from_secs_f64(secs),
-    )
-    .await;
-    assert!(counts.failed.is_empty(), "{:?}", counts.failed);
+    // rate would admit 67/s between them, shared counting 100/s. The burst, then 100 per
+    // second for the whole fleet.
+    let (rate, counts) = steady_rate(&proxies[..2], 10.0, 10.0).await;
     assert!(
         counts.limited > counts.ok,
         "the flood exceeded the rate: {counts:?}"
     );
-    // The burst, then 100 per second for the whole fleet.
-    let rate = (counts.ok as f64 - 10.0) / secs;
     assert!(
         (95.0..=105.0).contains(&rate),
         "fleet admitted {rate:.1}/s, want 100/s ±5% ({counts:?})"
@@ -171,12 +177,9 @@ async fn with_redis_killed_mid_flood_every_request_is_answered_and_sharing_comes
     };
     let b = Backend::start("b").await;
     let tenant = rate_tenant(b.addr, "rate = { requests = 90, per = \"1s\", burst = 9 }");
-    let mut nodes = Vec::new();
     // expected_nodes = 1 (the default): while Redis is down each instance admits the whole
     // rate, so the fleet's figure tells local and shared limits apart.
-    for id in ["edge-1", "edge-2", "edge-3"] {
-        nodes.push(node(&redis, id, &tenant, "").await);
-    }
+    let nodes = fleet(&redis, &tenant, "").await;
     let proxies: Vec<&Proxy> = nodes.iter().map(|n| &n.proxy).collect();
     let every = Duration::from_millis(5);
     // Redis dies one second into a three-second flood.
@@ -262,10 +265,7 @@ async fn a_quota_is_counted_once_for_the_fleet_and_outlives_an_instance() {
     // A generous wait for Redis: on a busy test machine a 2 ms wait would let local shares
     // decide, which this test is not about.
     let slow_ok = "timeout = \"200ms\"\n";
-    let mut nodes = Vec::new();
-    for id in ["edge-1", "edge-2", "edge-3"] {
-        nodes.push(node(&redis, id, &tenant, slow_ok).await);
-    }
+    let mut nodes = fleet(&redis, &tenant, slow_ok).await;
     let c = client();
     let mut admitted = 0;
     // Round the fleet until every instance refuses three times in a row.
@@ -328,10 +328,7 @@ async fn a_purge_on_one_instance_empties_the_others() {
         "id = \"t\"\nhosts = [\"t.test\"]\n[cache]\ndefault_ttl = \"1h\"\n[pools.web]\nbackends = [\"{}\"]\n",
         b.addr
     );
-    let mut nodes = Vec::new();
-    for id in ["edge-1", "edge-2", "edge-3"] {
-        nodes.push(node(&redis, id, &tenant, "").await);
-    }
+    let nodes = fleet(&redis, &tenant, "").await;
     for n in &nodes {
         eventually(WAIT, "listening for purges", || async {
             n.proxy.config_status().await["cluster"]["purges_subscribed"] == true
@@ -382,22 +379,10 @@ async fn a_client_is_limited_once_for_the_fleet_through_a_redis_that_wants_a_pas
         b.addr,
         "per_client_ip = { requests = 50, per = \"1s\", burst = 5 }",
     );
-    let mut nodes = Vec::new();
-    for id in ["edge-1", "edge-2", "edge-3"] {
-        let extra = "expected_nodes = 3\npassword_file = \"redis.password\"\n";
-        nodes.push(node(&redis, id, &tenant, extra).await);
-    }
+    let extra = "expected_nodes = 3\npassword_file = \"redis.password\"\n";
+    let nodes = fleet(&redis, &tenant, extra).await;
     let proxies: Vec<&Proxy> = nodes.iter().map(|n| &n.proxy).collect();
-    let secs = 5.0;
-    let counts = flood(
-        &proxies[..2],
-        "t.test",
-        Duration::from_millis(4),
-        Duration::from_secs_f64(secs),
-    )
-    .await;
-    assert!(counts.failed.is_empty(), "{:?}", counts.failed);
-    let rate = (counts.ok as f64 - 5.0) / secs;
+    let (rate, counts) = steady_rate(&proxies[..2], 5.0, 5.0).await;
     assert!(
         (47.5..=52.5).contains(&rate),
         "the client got {rate:.1}/s, want 50/s ±5% ({counts:?})"

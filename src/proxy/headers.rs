@@ -135,24 +135,7 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
     let IpAddr::V4(v4) = ip else {
         return HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static(""));
     };
-    let mut buf = [0u8; 15];
-    let mut len = 0;
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            buf[len] = b'.';
-            len += 1;
-        }
-        let digits = [octet / 100, octet / 10 % 10, octet % 10];
-        let skip = match octet {
-            100.. => 0,
-            10.. => 1,
-            _ => 2,
-        };
-        for d in &digits[skip..] {
-            buf[len] = b'0' + d;
-            len += 1;
-        }
-    }
+    let (buf, len) = crate::text::ipv4(v4);
     // Digits and dots are always a valid header value.
     HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static(""))
 }
