@@ -391,3 +391,25 @@ async fn a_client_is_limited_once_for_the_fleet_through_a_redis_that_wants_a_pas
     assert!(!status.to_string().contains("s3cret"), "{status}");
     assert!(!proxies[0].logs().contains("s3cret"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn units_leased_ahead_and_left_unspent_are_handed_back() {
+    let _serial = SERIAL.lock().await;
+    let Some(redis) = Redis::start() else { return };
+    let b = Backend::start("b").await;
+    // Each request leases one unit and one more ahead, which lapses unspent before the next
+    // request (1.1 s later). Kept by Redis, those would use up the burst: the client's burst
+    // of three afterwards would get one request through, not three.
+    let tenant = rate_tenant(b.addr, "rate = { requests = 1, per = \"1s\", burst = 3 }");
+    let one = node(&redis, "edge-1", &tenant, "timeout = \"200ms\"\n").await;
+    let c = client();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(get(&c, &one.proxy, "t.test", "/").await.status);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    for _ in 0..3 {
+        statuses.push(get(&c, &one.proxy, "t.test", "/").await.status);
+    }
+    assert_eq!(statuses, [200; 6]);
+}

@@ -253,19 +253,18 @@ impl TenantLimiter {
             }
             permit.concurrent = Some(self.in_flight.clone());
         }
-        let shared = self.shared.as_ref();
         // One deadline for every shared limit of the request: it never waits longer in all.
-        let deadline = shared.map(|s| tokio::time::Instant::now() + s.fleet.timeout());
+        let shared = self
+            .shared
+            .as_ref()
+            .map(|s| (s, tokio::time::Instant::now() + s.fleet.timeout()));
         // The client's own limit first: requests it refuses must not use up the tenant's
         // rate, or one abusive client would starve every other client of the tenant.
         if let Some(ip) = req.client_ip {
-            let deny = match (
-                shared.and_then(|s| Some((s.per_ip.as_ref()?, &s.fleet))),
-                &self.per_ip,
-            ) {
-                (Some((per_ip, fleet)), _) => {
-                    let deadline = deadline.unwrap_or_else(tokio::time::Instant::now);
-                    fleet_deny(per_ip.check(ip, fleet, deadline).await, fell_back)
+            let fleet = shared.and_then(|(s, d)| Some((s.per_ip.as_ref()?, &s.fleet, d)));
+            let deny = match (fleet, &self.per_ip) {
+                (Some((per_ip, fleet, d)), _) => {
+                    fleet_deny(per_ip.check(ip, fleet, d).await, fell_back)
                 }
                 (None, Some((rate, cells))) => local_deny(cells.check(ip, rate, self.now_ns())),
                 (None, None) => None,
@@ -274,14 +273,9 @@ impl TenantLimiter {
                 return Err(rate_refusal("per_client_ip", c.per_client_ip, retry_after));
             }
         }
-        let deny = match (
-            shared.and_then(|s| Some((s.rate.as_ref()?, &s.fleet))),
-            &self.rate,
-        ) {
-            (Some((rate, fleet)), _) => {
-                let deadline = deadline.unwrap_or_else(tokio::time::Instant::now);
-                fleet_deny(rate.check(fleet, deadline).await, fell_back)
-            }
+        let fleet = shared.and_then(|(s, d)| Some((s.rate.as_ref()?, &s.fleet, d)));
+        let deny = match (fleet, &self.rate) {
+            (Some((rate, fleet, d)), _) => fleet_deny(rate.check(fleet, d).await, fell_back),
             (None, Some((rate, cell))) => local_deny(cell.check(rate, self.now_ns())),
             (None, None) => None,
         };
@@ -289,11 +283,8 @@ impl TenantLimiter {
             return Err(rate_refusal("rate", c.rate, retry_after));
         }
         if let Some(cfg) = c.quota {
-            let spent = match shared.and_then(|s| Some((s.quota.as_ref()?, &s.fleet))) {
-                Some((q, fleet)) => {
-                    let deadline = deadline.unwrap_or_else(tokio::time::Instant::now);
-                    fleet_deny(q.check(fleet, now, deadline).await, fell_back)
-                }
+            let spent = match shared.and_then(|(s, d)| Some((s.quota.as_ref()?, &s.fleet, d))) {
+                Some((q, fleet, d)) => fleet_deny(q.check(fleet, now, d).await, fell_back),
                 None => match self.quota.as_ref().map(|q| q.take(cfg.requests, now)) {
                     Some(QuotaVerdict::Spent { resets_in }) => Some(resets_in),
                     _ => None,

@@ -38,6 +38,23 @@ pub struct Checked {
     pub fell_back: bool,
 }
 
+/// The fleet's verdict from a lease, if it gave one in time; `refused_for` turns its retry
+/// time into the one to tell the client.
+fn from_the_fleet(
+    take: Option<Take>,
+    refused_for: impl Fn(Duration) -> Duration,
+) -> Option<Checked> {
+    let deny = match take? {
+        Take::Granted { .. } => None,
+        Take::Denied(d) => Some(refused_for(d)),
+        Take::Empty => return None,
+    };
+    Some(Checked {
+        deny,
+        fell_back: false,
+    })
+}
+
 /// One shared GCRA rate (a tenant's, or one client address's).
 pub struct SharedRate {
     key: Arc<str>,
@@ -84,20 +101,9 @@ impl SharedRate {
                     },
                 )
             };
-            match self.lease.take_or_wait(self.want / 2, deadline, ask).await {
-                Some(Take::Granted { .. }) => {
-                    return Checked {
-                        deny: None,
-                        fell_back: false,
-                    }
-                }
-                Some(Take::Denied(d)) => {
-                    return Checked {
-                        deny: Some(d),
-                        fell_back: false,
-                    }
-                }
-                _ => {}
+            let take = self.lease.take_or_wait(self.want / 2, deadline, ask).await;
+            if let Some(checked) = from_the_fleet(take, |d| d) {
+                return checked;
             }
         }
         let deny = match self.local.1.check(&self.local.0, now_ns()) {
@@ -246,21 +252,10 @@ impl SharedQuota {
                     },
                 )
             };
-            match w.lease.take_or_wait(self.want / 2, deadline, ask).await {
-                Some(Take::Granted { .. }) => {
-                    return Checked {
-                        deny: None,
-                        fell_back: false,
-                    }
-                }
-                // Spent for the fleet: until the window ends, whatever the store said.
-                Some(Take::Denied(_)) => {
-                    return Checked {
-                        deny: Some(resets_in),
-                        fell_back: false,
-                    }
-                }
-                _ => {}
+            let take = w.lease.take_or_wait(self.want / 2, deadline, ask).await;
+            // Spent for the fleet: until the window ends, whatever the store said.
+            if let Some(checked) = from_the_fleet(take, |_| resets_in) {
+                return checked;
             }
         }
         // This instance's share of what the fleet had left at the last answer; counted
