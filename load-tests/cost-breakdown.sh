@@ -34,9 +34,10 @@ WORK=$(mktemp -d /tmp/cost.XXXX); chmod 755 "$WORK"
 OUT=${OUT:-$WORK/out}; mkdir -p "$OUT"
 BACK=18180; PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do pkill -INT -P "$p" 2>/dev/null; kill -INT "$p" 2>/dev/null; done
+  # Under set -e a process already gone would end the cleanup early (and the script with 1).
+  for p in "${PIDS[@]}"; do pkill -INT -P "$p" 2>/dev/null || true; kill -INT "$p" 2>/dev/null || true; done
   sleep 1
-  for p in "${PIDS[@]}"; do pkill -KILL -P "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
+  for p in "${PIDS[@]}"; do pkill -KILL -P "$p" 2>/dev/null || true; kill -KILL "$p" 2>/dev/null || true; done
   rm -rf "$WORK/porteiro-"* "$WORK"/backend.*
 }
 trap cleanup EXIT

@@ -70,7 +70,21 @@ pub fn apply(req: &mut RequestHeader, f: &Forwarding) -> pingora::Result<()> {
         None
     };
     let xff = match (prior, f.peer_ip) {
-        (Some(chain), Some(ip)) => HeaderValue::try_from(format!("{chain}, {ip}")).ok(),
+        (Some(mut chain), Some(ip)) => {
+            // Appended to the chain already built, without a second string.
+            chain.push_str(", ");
+            match ip {
+                IpAddr::V4(v4) => {
+                    let (buf, len) = crate::text::ipv4(v4);
+                    chain.extend(buf[..len].iter().map(|&b| char::from(b)));
+                }
+                IpAddr::V6(v6) => {
+                    use std::fmt::Write as _;
+                    let _ = write!(chain, "{v6}");
+                }
+            }
+            HeaderValue::try_from(chain).ok()
+        }
         (Some(chain), None) => HeaderValue::try_from(chain).ok(),
         (None, Some(ip)) => Some(ip_value(ip)),
         (None, None) => None,
