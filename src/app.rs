@@ -94,7 +94,7 @@ pub fn prepare(config_file: &Path, opts: &RunOptions) -> Result<Prepared, StartE
     server.add_service(background_service(
         "readiness for the service manager",
         crate::systemd::ReadyNotifier {
-            listeners: s.listen.iter().chain(&s.listen_tls).copied().collect(),
+            probes: s.listen.iter().chain(&s.admin).copied().collect(),
         },
     ));
     server.add_service(background_service(

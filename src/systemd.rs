@@ -16,20 +16,21 @@ use sd_notify::NotifyState;
 /// goes with it: after a graceful upgrade this process, not the one it replaced, is the main
 /// one (the unit needs `NotifyAccess=all` to believe it).
 pub struct ReadyNotifier {
-    pub listeners: Vec<SocketAddr>,
+    /// Where to knock: plain listeners, or the admin listener. Never a TLS listener: a
+    /// connection closed without a handshake would count as a refused handshake.
+    pub probes: Vec<SocketAddr>,
 }
 
 #[async_trait]
 impl BackgroundService for ReadyNotifier {
     async fn start(&self, _shutdown: ShutdownWatch) {
-        // Services start side by side: wait (bounded) for one listener to accept.
-        for _ in 0..500 {
-            let mut accepting = false;
-            for addr in &self.listeners {
-                accepting |= tokio::net::TcpStream::connect(addr).await.is_ok();
-            }
-            if accepting {
-                break;
+        // Services start side by side: wait (bounded) for one listener to accept. A
+        // connection that sends nothing is not counted as a client error.
+        'wait: for _ in 0..500 {
+            for addr in &self.probes {
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    break 'wait;
+                }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -172,3 +172,30 @@ async fn sigusr2_upgrades_inside_the_service_and_the_new_process_says_it_is_the_
     assert!(sent > 100, "{sent}");
     assert_eq!(failed, 0, "of {sent} requests");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_with_a_broken_main_file_is_refused_and_the_process_keeps_serving() {
+    let a = Backend::start("a").await;
+    let cfg = ConfigDir::new("upgrade_socket = \"run/upgrade.sock\"");
+    cfg.tenant("t.toml", &one_pool_tenant("t", &["t.test"], &[a.addr], ""));
+    let mut old = Proxy::start(&cfg);
+    cfg.write_main("threads = 0\nupgrade_socket = \"run/upgrade.sock\"");
+    // SAFETY: a plain signal to our own child.
+    unsafe { libc::kill(old.pid(), libc::SIGUSR2) };
+    eventually(
+        Duration::from_secs(15),
+        "the refusal in the log",
+        || async {
+            old.logs()
+                .contains("upgrade refused; this process keeps serving")
+        },
+    )
+    .await;
+    assert!(
+        old.logs().contains("server.threads"),
+        "the upgrade's own errors are shown"
+    );
+    let exited = tokio::task::block_in_place(|| old.wait_exit(Duration::from_millis(500)));
+    assert!(!exited, "the process exited:\n{}", old.logs());
+    assert_eq!(get(&client(), &old, "t.test", "/").await.status, 200);
+}
