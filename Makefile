@@ -34,6 +34,7 @@ check: deps
 
 test: test-deps
 	cargo test --all-targets
+	cargo test --manifest-path vendor/pingora-http/Cargo.toml --target-dir target/vendor
 	@$(MAKE) --no-print-directory promcheck
 
 # The shipped alert rules, their unit tests, and /metrics scrapes taken by tests/metrics.rs and

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use http::header::HOST;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 
@@ -15,6 +15,16 @@ pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
 const FORWARDED: &str = "forwarded";
+
+// The same names prepared for insertion: the vendored pingora-http neither parses nor copies a
+// prepared name for its maps, where a `&str` name is parsed and allocated twice per request.
+pub const TENANT_ID: HeaderName = HeaderName::from_static(X_TENANT_ID);
+pub const REQUEST_ID: HeaderName = HeaderName::from_static(X_REQUEST_ID);
+const FORWARDED_FOR: HeaderName = HeaderName::from_static(X_FORWARDED_FOR);
+const FORWARDED_PROTO: HeaderName = HeaderName::from_static(X_FORWARDED_PROTO);
+const FORWARDED_HOST: HeaderName = HeaderName::from_static(X_FORWARDED_HOST);
+/// At most this many headers are added by `apply` (the four above, `X-Forwarded-For`, `Host`).
+const ADDED: usize = 6;
 
 /// The client behind the peer: the peer itself unless it is a trusted proxy (`trusted_peer`),
 /// then the address the forwarding chain vouches for (`limits::client_ip`).
@@ -61,8 +71,11 @@ pub fn apply(req: &mut RequestHeader, f: &Forwarding) -> pingora::Result<()> {
     for name in doomed(req, f) {
         req.remove_header(&name);
     }
-    req.insert_header(X_TENANT_ID, f.tenant_id.clone())?;
-    req.insert_header(X_REQUEST_ID, f.request_id.clone())?;
+    // Room for every header added, made once: otherwise both of pingora's header maps grow
+    // (and rehash) as the headers go in.
+    req.reserve_headers(ADDED)?;
+    req.insert_header(TENANT_ID, f.tenant_id.clone())?;
+    req.insert_header(REQUEST_ID, f.request_id.clone())?;
 
     let prior = if f.trusted_peer {
         joined_chain(req)
@@ -90,11 +103,11 @@ pub fn apply(req: &mut RequestHeader, f: &Forwarding) -> pingora::Result<()> {
         (None, None) => None,
     };
     match xff {
-        Some(v) => req.insert_header(X_FORWARDED_FOR, v)?,
+        Some(v) => req.insert_header(FORWARDED_FOR, v)?,
         None => drop(req.remove_header(X_FORWARDED_FOR)),
     }
     if !(f.trusted_peer && req.headers.contains_key(X_FORWARDED_PROTO)) {
-        req.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto))?;
+        req.insert_header(FORWARDED_PROTO, HeaderValue::from_static(f.proto))?;
     }
     // The Host header as sent is usually the host routed by: its value is shared, not copied.
     let mut sent = req.headers.get_all(HOST).iter();
@@ -112,7 +125,7 @@ pub fn apply(req: &mut RequestHeader, f: &Forwarding) -> pingora::Result<()> {
     };
     if !(f.trusted_peer && req.headers.contains_key(X_FORWARDED_HOST)) {
         match &host {
-            Some(v) => req.insert_header(X_FORWARDED_HOST, v.clone())?,
+            Some(v) => req.insert_header(FORWARDED_HOST, v.clone())?,
             None => drop(req.remove_header(X_FORWARDED_HOST)),
         }
     }

@@ -330,7 +330,7 @@ impl ProxyHttp for Porteiro {
             session.set_read_timeout(Some(snap.clients.keepalive_timeout));
         }
         if let Some(rid) = &ctx.request_id {
-            resp.insert_header(headers::X_REQUEST_ID, rid.clone())?;
+            resp.insert_header(headers::REQUEST_ID, rid.clone())?;
         }
         if let Some(hsts) = ctx.hsts() {
             resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;

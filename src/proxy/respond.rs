@@ -8,7 +8,7 @@ use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
-use super::headers::X_REQUEST_ID;
+use super::headers::REQUEST_ID;
 
 pub async fn send(
     session: &mut Session,
@@ -23,7 +23,7 @@ pub async fn send(
     }
     resp.insert_header(CONTENT_LENGTH, body.len())?;
     if let Some(id) = request_id {
-        resp.insert_header(X_REQUEST_ID, id.clone())?;
+        resp.insert_header(REQUEST_ID, id.clone())?;
     }
     let head_only = session.req_header().method == http::Method::HEAD || body.is_empty();
     session
