@@ -13,6 +13,7 @@
 # script); WRAP prefixes its command line (for example a profiler). TENANTS=N configures N
 # tenants in all (x1.example.net ... on the same backend besides t0), to see what a large
 # configuration costs each request.
+# THREADS sets porteiro's worker threads (default 1, as peers.sh runs every proxy with one).
 set -euo pipefail
 port=${1:-18090}
 mode=${2:-plain}
@@ -45,7 +46,7 @@ listen = ["127.0.0.1:$((port + 1000))"]
 listen_tls = ["127.0.0.1:$port"]
 default_certificate = { cert = "$CERT", key = "$KEY" }
 admin = ""
-threads = 1
+threads = ${THREADS:-1}
 $observe_toml
 TOML
   tls="tls = { cert = \"$CERT\", key = \"$KEY\" }"
@@ -54,7 +55,7 @@ else
 [server]
 listen = ["127.0.0.1:$port"]
 admin = ""
-threads = 1
+threads = ${THREADS:-1}
 $observe_toml
 TOML
   tls=""
