@@ -199,3 +199,37 @@ async fn sigusr2_with_a_broken_main_file_is_refused_and_the_process_keeps_servin
     assert!(!exited, "the process exited:\n{}", old.logs());
     assert_eq!(get(&client(), &old, "t.test", "/").await.status, 200);
 }
+
+/// A request that reaches an idle kept-alive connection just after a graceful shutdown began
+/// (SIGTERM, or an upgrade's hand-over) is answered, with `Connection: close`, instead of
+/// meeting a socket closed under it.
+#[tokio::test]
+async fn a_request_arriving_as_shutdown_begins_is_answered_on_its_kept_alive_connection() {
+    use tokio::io::AsyncWriteExt;
+    let a = Backend::start("a").await;
+    let cfg = ConfigDir::new("grace_period = \"5s\"");
+    cfg.tenant("t.toml", &one_pool_tenant("t", &["t.test"], &[a.addr], ""));
+    let proxy = Proxy::start(&cfg);
+    let mut conn = proxy.connect().await;
+    conn.write_all(b"GET /1 HTTP/1.1\r\nHost: t.test\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_answer(&mut conn).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+
+    unsafe { libc::kill(proxy.pid(), libc::SIGTERM) };
+    eventually(Duration::from_secs(5), "the shutdown to begin", || async {
+        proxy.logs().contains("SIGTERM received")
+    })
+    .await;
+    conn.write_all(b"GET /2 HTTP/1.1\r\nHost: t.test\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_answer(&mut conn).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(
+        second.to_ascii_lowercase().contains("connection: close"),
+        "{second}"
+    );
+    assert_eq!(a.hits(), 2);
+}

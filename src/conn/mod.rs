@@ -32,6 +32,11 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEAD_BUF: usize = 1024;
 /// How much the head buffer grows by.
 const HEAD_GROWTH: usize = 4096;
+/// Once shutdown begins (graceful upgrade, restart), how long an idle kept-alive connection
+/// still waits for a request: one already on its way is answered, marked `Connection: close`,
+/// instead of meeting a closed socket (a reset, or an answer that never comes, to the client).
+/// The grace period's end stops every connection in any case.
+const DRAIN: Duration = Duration::from_millis(500);
 
 /// Wraps pingora's HTTP application (`A`) with porteiro's connection rules.
 pub struct Frontend<A> {
@@ -202,14 +207,10 @@ async fn read_head(
     };
     let mut buf = BytesMut::with_capacity(HEAD_BUF);
     if let Some(idle) = idle {
-        if *shutdown.borrow() {
-            return Err(Ended::Quietly);
-        }
-        let mut stop = shutdown.clone();
         let read = tokio::select! {
             biased;
             r = timeout(idle, stream.read_buf(&mut buf)) => r,
-            _ = stop.changed() => return Err(Ended::Quietly),
+            _ = drained(shutdown.clone()) => return Err(Ended::Quietly),
         };
         match read {
             Ok(Ok(n)) if n > 0 => {}
@@ -256,6 +257,13 @@ async fn read_head(
                 ))
             }
         }
+    }
+}
+
+/// Ends `DRAIN` after shutdown began (at once if the watch is gone).
+async fn drained(mut shutdown: ShutdownWatch) {
+    if shutdown.wait_for(|&stopping| stopping).await.is_ok() {
+        tokio::time::sleep(DRAIN).await;
     }
 }
 
