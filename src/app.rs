@@ -119,6 +119,11 @@ fn build_server(
     let s = &config.server;
     let conf = ServerConf {
         threads: s.threads,
+        work_stealing: s.work_stealing,
+        // Timeouts of a second or more (every I/O timeout porteiro sets) on tokio's timer:
+        // cheaper per request than pingora's own timer, which also keeps each cancelled timer
+        // until its deadline (docs/performance.md).
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         grace_period_seconds: Some(s.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
         upgrade_sock: s.upgrade_socket.display().to_string(),

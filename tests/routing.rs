@@ -70,7 +70,16 @@ async fn world(server_extra: &str) -> World {
 
 #[tokio::test]
 async fn exact_wildcard_and_path_routes() {
-    let w = world("").await;
+    routes_reach_their_backends(world("").await).await;
+}
+
+/// The same routes with idle threads allowed to take work from busy ones.
+#[tokio::test]
+async fn with_work_stealing_the_routes_are_the_same() {
+    routes_reach_their_backends(world("work_stealing = true").await).await;
+}
+
+async fn routes_reach_their_backends(w: World) {
     let c = client();
     let cases = [
         ("acme.example.com", "/", "web"),

@@ -84,6 +84,9 @@ pub struct ServerConfig {
     /// The port `https_redirect` sends clients to (443 is left out of the URL).
     pub https_port: u16,
     pub threads: usize,
+    /// Let idle worker threads take tasks from busy ones. Off: each connection stays on the
+    /// thread that accepted it (as with nginx's workers), which costs less per request.
+    pub work_stealing: bool,
     pub tenants_dir: PathBuf,
     pub unknown_host_status: u16,
     /// Peers whose `X-Forwarded-*` headers are believed; everyone else's are replaced.

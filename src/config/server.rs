@@ -28,6 +28,7 @@ pub(super) const SERVER_KEYS: &[&str] = &[
     "default_certificate",
     "https_port",
     "threads",
+    "work_stealing",
     "tenants_dir",
     "unknown_host_status",
     "trusted_proxies",
@@ -66,6 +67,7 @@ pub fn defaults() -> ServerConfig {
         unknown_host_status: 404,
         trusted_proxies: Vec::new(),
         h2c: false,
+        work_stealing: false,
         grace_period: Duration::from_secs(30),
         graceful_shutdown_timeout: Duration::from_secs(10),
         admin: Some(SocketAddr::from(([127, 0, 0, 1], 9900))),
@@ -147,6 +149,9 @@ pub fn parse(file: &Path, top: &Table, errs: &mut ConfigErrors) -> ServerConfig 
     }
     if let Some(n) = f.int("threads", 1..=1024, errs) {
         s.threads = n as usize;
+    }
+    if let Some(b) = f.bool("work_stealing", errs) {
+        s.work_stealing = b;
     }
     if let Some(dir) = f.str("tenants_dir", errs) {
         s.tenants_dir = PathBuf::from(dir);
@@ -317,6 +322,7 @@ mod tests {
         assert_eq!(s.listen, vec!["0.0.0.0:8080".parse().unwrap()]);
         assert_eq!(s.unknown_host_status, 404);
         assert!(!s.h2c);
+        assert!(!s.work_stealing);
     }
 
     #[test]
@@ -324,7 +330,7 @@ mod tests {
         let (s, errs) = parse_str(
             "[server]\nlisten = [\"127.0.0.1:1\", \"[::1]:2\"]\nthreads = 3\ntenants_dir = \"t\"\n\
              unknown_host_status = 421\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.1\"]\nh2c = true\n\
-             grace_period = \"5s\"\ngraceful_shutdown_timeout = \"1s\"\n",
+             work_stealing = true\ngrace_period = \"5s\"\ngraceful_shutdown_timeout = \"1s\"\n",
         );
         assert!(errs.is_empty(), "{errs}");
         assert_eq!(s.listen.len(), 2);
@@ -333,6 +339,7 @@ mod tests {
         assert_eq!(s.unknown_host_status, 421);
         assert!(s.trusted_proxies[1].contains(&"192.0.2.1".parse::<std::net::IpAddr>().unwrap()));
         assert!(s.h2c);
+        assert!(s.work_stealing);
         assert_eq!(s.grace_period, Duration::from_secs(5));
     }
 

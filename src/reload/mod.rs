@@ -418,6 +418,7 @@ fn restart_required(started: &ServerConfig, now: &ServerConfig) -> Vec<String> {
     check("listen", started.listen != now.listen);
     check("listen_tls", started.listen_tls != now.listen_tls);
     check("threads", started.threads != now.threads);
+    check("work_stealing", started.work_stealing != now.work_stealing);
     check("h2c", started.h2c != now.h2c);
     check("admin", started.admin != now.admin);
     check("grace_period", started.grace_period != now.grace_period);
