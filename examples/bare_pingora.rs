@@ -3,7 +3,11 @@
 //! two differ only by porteiro's work. `load-tests/cost-breakdown.sh` and
 //! `load-tests/peers-porteiro.sh` run it beside porteiro.
 //!
-//! Usage: bare_pingora LISTEN BACKEND
+//! Usage: bare_pingora LISTEN BACKEND [no-steal]
+//!
+//! With `no-steal`, pingora runs the way porteiro configures it by default (no work stealing,
+//! I/O timeouts on tokio's timer), to tell what that configuration gains pingora itself from
+//! what porteiro's own work costs.
 use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
@@ -29,10 +33,18 @@ fn main() {
         eprintln!("BACKEND must be ip:port");
         std::process::exit(2);
     };
+    let like_porteiro = args.next().as_deref() == Some("no-steal");
+    let defaults = ServerConf::default();
     let conf = ServerConf {
         threads: 1,
         listener_tasks_per_fd: 1,
-        ..ServerConf::default()
+        work_stealing: !like_porteiro,
+        fast_timeout_to_tokio_threshold_seconds: if like_porteiro {
+            Some(0)
+        } else {
+            defaults.fast_timeout_to_tokio_threshold_seconds
+        },
+        ..defaults
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();

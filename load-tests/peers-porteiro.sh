@@ -14,6 +14,7 @@
 # tenants in all (x1.example.net ... on the same backend besides t0), to see what a large
 # configuration costs each request.
 # THREADS sets porteiro's worker threads (default 1, as peers.sh runs every proxy with one).
+# SERVER_EXTRA is added to [server] as it is (for example "work_stealing = true").
 set -euo pipefail
 port=${1:-18090}
 mode=${2:-plain}
@@ -47,6 +48,7 @@ listen_tls = ["127.0.0.1:$port"]
 default_certificate = { cert = "$CERT", key = "$KEY" }
 admin = ""
 threads = ${THREADS:-1}
+${SERVER_EXTRA:-}
 $observe_toml
 TOML
   tls="tls = { cert = \"$CERT\", key = \"$KEY\" }"
@@ -56,6 +58,7 @@ else
 listen = ["127.0.0.1:$port"]
 admin = ""
 threads = ${THREADS:-1}
+${SERVER_EXTRA:-}
 $observe_toml
 TOML
   tls=""

@@ -11,13 +11,17 @@
 # which is its cost whoever else ran. Worker threads (or processes) scale when CPU per request
 # stays flat from one to two.
 #
-#   load-tests/scaling.sh [-d SECONDS] [-c CONNS] [-r ROUNDS]
+#   load-tests/scaling.sh [-d SECONDS] [-c CONNS] [-r ROUNDS] [-p "NAME=CMD@PORT"]...
+#
+# -p adds a proxy, as for peers.sh: CMD runs under bash with BACKEND and WORK in its environment
+# and must proxy every Host to BACKEND on PORT, for example another porteiro build:
+#   -p "other=PORTEIRO=/path/to/porteiro THREADS=2 $PWD/load-tests/peers-porteiro.sh 18690@18690"
 #
 # Needs: nginx (nginx-light), wrk, bc. Uses target/release/porteiro (PORTEIRO overrides).
 set -euo pipefail
-D=8; C=128; R=3
-while getopts "d:c:r:" o; do case $o in
-  d) D=$OPTARG;; c) C=$OPTARG;; r) R=$OPTARG;; *) exit 2;; esac; done
+D=8; C=128; R=3; EXTRA=()
+while getopts "d:c:r:p:" o; do case $o in
+  d) D=$OPTARG;; c) C=$OPTARG;; r) R=$OPTARG;; p) EXTRA+=("$OPTARG");; *) exit 2;; esac; done
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 for tool in nginx wrk bc; do
@@ -40,7 +44,7 @@ worker_processes 2; daemon off; pid $W/nginx.pid; error_log $W/nginx.err; user r
 events { worker_connections 8192; }
 http { access_log off; keepalive_requests 10000000;
   upstream b { server 127.0.0.1:$BACK; keepalive 256; }
-  server { listen 127.0.0.1:$NGX backlog=4096; reuseport;
+  server { listen 127.0.0.1:$NGX backlog=4096 reuseport;
     location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 NG
 nginx -c "$W/backend.conf" & PIDS+=($!)
@@ -51,6 +55,11 @@ PIDS+=($!); P2PID=$!
 PIDS+=($!); P1PID=$!
 NAMES=("nginx, 2 workers" "porteiro, threads = 2" "porteiro, threads = 1")
 PORTS=($NGX $P2 $P1); PPIDS=($NGXPID $P2PID $P1PID)
+for e in "${EXTRA[@]}"; do
+  name=${e%%=*}; rest=${e#*=}; cmd=${rest%@*}; port=${rest##*@}
+  (export BACKEND=127.0.0.1:$BACK WORK=$W; exec bash -c "$cmd") >"$W/extra-$port.log" 2>&1 &
+  PIDS+=($!); NAMES+=("$name"); PORTS+=("$port"); PPIDS+=($!)
+done
 for port in "${PORTS[@]}"; do
   for _ in $(seq 100); do curl -s -o /dev/null -H "Host: t0.example.com" "http://127.0.0.1:$port/" && break; sleep 0.1; done
 done
