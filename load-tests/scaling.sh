@@ -39,14 +39,7 @@ cleanup() {
 trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || ulimit -n 20000
 write_backend "$W" "$BACK"
-cat > "$W/nginx.conf" <<NG
-worker_processes 2; daemon off; pid $W/nginx.pid; error_log $W/nginx.err; user root;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 10000000;
-  upstream b { server 127.0.0.1:$BACK; keepalive 256; }
-  server { listen 127.0.0.1:$NGX backlog=4096 reuseport;
-    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-NG
+write_nginx_proxy "$W" "$NGX" "$BACK" 2 "backlog=4096 reuseport"
 nginx -c "$W/backend.conf" & PIDS+=($!)
 nginx -c "$W/nginx.conf" & PIDS+=($!); NGXPID=$!
 (export BACKEND=127.0.0.1:$BACK WORK=$W THREADS=2; exec "$here/peers-porteiro.sh" "$P2") >"$W/p2.log" 2>&1 &

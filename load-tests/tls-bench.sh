@@ -25,15 +25,8 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -keyout "$W/certs/key.pem" -out "$W/certs/cert.pem" 2>/dev/null
 chmod 644 "$W"/certs/*
 write_backend "$W" "$BACK"
-cat > "$W/nginx.conf" <<NG
-worker_processes 1; daemon off; pid $W/nginx.pid; error_log $W/nginx.err; user root;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 10000000;
-  upstream b { server 127.0.0.1:$BACK; keepalive 256; }
-  server { listen 127.0.0.1:$NGX ssl http2 backlog=4096;
-    ssl_certificate $W/certs/cert.pem; ssl_certificate_key $W/certs/key.pem;
-    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-NG
+write_nginx_proxy "$W" "$NGX" "$BACK" 1 "ssl http2 backlog=4096" \
+  "ssl_certificate $W/certs/cert.pem; ssl_certificate_key $W/certs/key.pem;"
 cat > "$W/p/porteiro.toml" <<TOML
 [server]
 listen = ["127.0.0.1:$((POR + 1000))"]

@@ -16,14 +16,14 @@ const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
 const FORWARDED: &str = "forwarded";
 
-// The same names prepared for insertion: the vendored pingora-http neither parses nor copies a
-// prepared name for its maps, where a `&str` name is parsed and allocated twice per request.
+// The same names prepared for insertion: the vendored pingora-http neither parses a prepared
+// name nor allocates it for its maps' keys; a `&str` name is parsed and allocated twice.
 pub const TENANT_ID: HeaderName = HeaderName::from_static(X_TENANT_ID);
 pub const REQUEST_ID: HeaderName = HeaderName::from_static(X_REQUEST_ID);
 const FORWARDED_FOR: HeaderName = HeaderName::from_static(X_FORWARDED_FOR);
 const FORWARDED_PROTO: HeaderName = HeaderName::from_static(X_FORWARDED_PROTO);
 const FORWARDED_HOST: HeaderName = HeaderName::from_static(X_FORWARDED_HOST);
-/// At most this many headers are added by `apply` (the four above, `X-Forwarded-For`, `Host`).
+/// At most this many headers are added by `apply`: the five names above and `Host`.
 const ADDED: usize = 6;
 
 /// The client behind the peer: the peer itself unless it is a trusted proxy (`trusted_peer`),
