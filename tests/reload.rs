@@ -339,7 +339,7 @@ async fn restart_only_settings_are_reported_not_ignored() {
         &one_pool_tenant("one", &["one.test"], &[a.addr], ""),
     );
     let proxy = Proxy::start(&cfg);
-    cfg.write_main("watch = false\nthreads = 3\nunknown_host_status = 421");
+    cfg.write_main("watch = false\nthreads = 3\nwork_stealing = true\nunknown_host_status = 421");
     let r: serde_json::Value = client()
         .post(proxy.admin_url("/-/reload"))
         .send()
@@ -352,7 +352,7 @@ async fn restart_only_settings_are_reported_not_ignored() {
     let status = proxy.config_status().await;
     assert_eq!(
         status["restart_required"],
-        serde_json::json!(["server.threads"]),
+        serde_json::json!(["server.threads", "server.work_stealing"]),
         "{status}"
     );
     assert_eq!(

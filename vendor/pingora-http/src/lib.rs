@@ -900,9 +900,10 @@ fn reserve_headers<T>(
     additional: usize,
 ) -> Result<()> {
     // Non-panicking `try_reserve`: `reserve` panics past `http`'s `MAX_SIZE`.
-    value_map
-        .try_reserve(additional)
-        .or_err(InvalidHTTPHeader, "header value map size overflows MAX_SIZE")?;
+    value_map.try_reserve(additional).or_err(
+        InvalidHTTPHeader,
+        "header value map size overflows MAX_SIZE",
+    )?;
     if let Some(name_map) = name_map {
         name_map
             .try_reserve(additional)
@@ -1110,12 +1111,17 @@ mod tests {
         }
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header(http::header::HOST, "a.test").unwrap();
-        req.insert_header(HeaderName::from_static("x-tenant-id"), "acme").unwrap();
-        req.append_header(&HeaderName::from_static("x-tenant-id"), "2").unwrap();
+        req.insert_header(HeaderName::from_static("x-tenant-id"), "acme")
+            .unwrap();
+        req.append_header(&HeaderName::from_static("x-tenant-id"), "2")
+            .unwrap();
         req.insert_header("X-B", "1").unwrap();
         let mut buf = vec![];
         req.header_to_h1_wire(&mut buf);
-        assert_eq!(buf, b"Host: a.test\r\nx-tenant-id: acme\r\nx-tenant-id: 2\r\nX-B: 1\r\n");
+        assert_eq!(
+            buf,
+            b"Host: a.test\r\nx-tenant-id: acme\r\nx-tenant-id: 2\r\nX-B: 1\r\n"
+        );
         // Names given as text are still parsed, and refused when invalid.
         assert!(req.insert_header("bad name", "v").is_err());
         assert!(req.append_header("bad\r\nname", "v").is_err());
@@ -1129,13 +1135,22 @@ mod tests {
         req.reserve_headers(6).unwrap();
         let capacity = req.headers.capacity();
         assert!(capacity >= 8, "{capacity}");
+        let case_capacity = req.header_name_map.as_ref().unwrap().capacity();
+        assert!(case_capacity >= 8, "{case_capacity}");
         for name in ["c", "d", "e", "f", "g", "h"] {
             req.insert_header(name, "v").unwrap();
         }
         assert_eq!(req.headers.capacity(), capacity);
+        assert_eq!(
+            req.header_name_map.as_ref().unwrap().capacity(),
+            case_capacity
+        );
         let mut buf = vec![];
         req.header_to_h1_wire(&mut buf);
-        assert_eq!(buf, b"a: 1\r\nb: 2\r\nc: v\r\nd: v\r\ne: v\r\nf: v\r\ng: v\r\nh: v\r\n");
+        assert_eq!(
+            buf,
+            b"a: 1\r\nb: 2\r\nc: v\r\nd: v\r\ne: v\r\nf: v\r\ng: v\r\nh: v\r\n"
+        );
 
         let mut resp = ResponseHeader::build(200, Some(1)).unwrap();
         resp.reserve_headers(4).unwrap();
