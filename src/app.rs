@@ -19,6 +19,7 @@ use pingora::services::listening::Service;
 use crate::admin::Admin;
 use crate::cluster::{Cluster, ClusterService};
 use crate::config::{self, model::Config, ConfigErrors};
+use crate::conn::probe::SelfProbes;
 use crate::conn::Frontend;
 use crate::proxy::Porteiro;
 use crate::reload::{ConfigWatcher, HangupReloader, Reloader};
@@ -89,12 +90,20 @@ pub fn prepare(config_file: &Path, opts: &RunOptions) -> Result<Prepared, StartE
         }));
     }
     let reloader = Arc::new(Reloader::new(config_file, &config, cache, snapshot.clone()));
-    let mut server = build_server(&config, snapshot.clone(), reloader.clone(), opts)?;
+    let knocks = Arc::new(SelfProbes::default());
+    let mut server = build_server(
+        &config,
+        snapshot.clone(),
+        reloader.clone(),
+        knocks.clone(),
+        opts,
+    )?;
     let s = &config.server;
     server.add_service(background_service(
         "readiness for the service manager",
         crate::systemd::ReadyNotifier {
             probes: s.listen.iter().chain(&s.admin).copied().collect(),
+            knocks,
         },
     ));
     server.add_service(background_service(
@@ -114,6 +123,7 @@ fn build_server(
     config: &Config,
     snapshot: Arc<SharedSnapshot>,
     reloader: Arc<Reloader>,
+    knocks: Arc<SelfProbes>,
     opts: &RunOptions,
 ) -> Result<Server, StartError> {
     let s = &config.server;
@@ -151,7 +161,7 @@ fn build_server(
     let listeners: Vec<SocketAddr> = s.listen.iter().chain(&s.listen_tls).copied().collect();
     let mut proxy = Service::new(
         "porteiro".to_string(),
-        Frontend::new(app, snapshot.clone(), &listeners, s.h2c),
+        Frontend::new(app, snapshot.clone(), &listeners, s.h2c, knocks),
     );
     // pingora gives each connection a 64 KiB read buffer by default. Plain HTTP needs none:
     // `conn` reads request heads itself and pingora's HTTP/1 code has its own buffers. Under

@@ -5,12 +5,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use sd_notify::NotifyState;
+
+use crate::conn::probe::SelfProbes;
 
 /// Tells the service manager porteiro serves, once a listener accepts connections. The PID
 /// goes with it: after a graceful upgrade this process, not the one it replaced, is the main
@@ -19,21 +22,23 @@ pub struct ReadyNotifier {
     /// Where to knock: plain listeners, or the admin listener. Never a TLS listener: a
     /// connection closed without a handshake would count as a refused handshake.
     pub probes: Vec<SocketAddr>,
+    /// Shared with the listeners, which tell these knocks from clients.
+    pub knocks: Arc<SelfProbes>,
 }
 
 #[async_trait]
 impl BackgroundService for ReadyNotifier {
     async fn start(&self, _shutdown: ShutdownWatch) {
-        // Services start side by side: wait (bounded) for one listener to accept. A
-        // connection that sends nothing is not counted as a client error.
+        // Services start side by side: wait (bounded) for one listener to accept.
         'wait: for _ in 0..500 {
             for addr in &self.probes {
-                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                if self.knocks.knock(*addr).await {
                     break 'wait;
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.knocks.done();
         let pid = std::process::id();
         let status = format!("serving (pid {pid})");
         let states = [

@@ -234,7 +234,9 @@ async fn connection_caps_per_address_and_per_listener() {
             "porteiro_client_errors_total{reason=\"listener_full\"}"
         )
         .await,
-        1.0
+        1.0,
+        "{}",
+        s.proxy.logs()
     );
 }
 

@@ -6,6 +6,9 @@
 
 pub mod caps;
 pub mod head;
+pub mod probe;
+#[cfg(test)]
+mod tests;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use crate::metrics;
 use crate::snapshot::SharedSnapshot;
 use caps::{ConnCounter, Over};
 use head::{HeadLimits, TooLarge};
+use probe::SelfProbes;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The first read of a head (most fit); it grows as needed, up to `max_header_bytes`.
@@ -44,15 +48,23 @@ pub struct Frontend<A> {
     snapshot: Arc<SharedSnapshot>,
     counter: ConnCounter,
     h2c: bool,
+    probes: Arc<SelfProbes>,
 }
 
 impl<A> Frontend<A> {
-    pub fn new(app: A, snapshot: Arc<SharedSnapshot>, listeners: &[SocketAddr], h2c: bool) -> Self {
+    pub fn new(
+        app: A,
+        snapshot: Arc<SharedSnapshot>,
+        listeners: &[SocketAddr],
+        h2c: bool,
+        probes: Arc<SelfProbes>,
+    ) -> Self {
         Self {
             app: Arc::new(app),
             snapshot,
             counter: ConnCounter::new(listeners),
             h2c,
+            probes,
         }
     }
 }
@@ -77,6 +89,9 @@ where
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        if self.is_own_probe(&stream) {
+            return None;
+        }
         let (limits, exempt) = self.connection_rules(&stream);
         let socket = stream.get_socket_digest();
         let local = socket
@@ -134,6 +149,15 @@ where
         let snap = self.snapshot.load();
         let exempt = peer_ip(stream).is_some_and(|ip| snap.is_trusted_proxy(ip));
         (snap.clients, exempt)
+    }
+
+    /// porteiro's own knock at start (see `probe`): no slot, no metric, nothing to answer.
+    fn is_own_probe(&self, stream: &Stream) -> bool {
+        let peer = stream.get_socket_digest();
+        let peer = peer
+            .as_ref()
+            .and_then(|d| d.peer_addr()?.as_inet().copied());
+        peer.is_some_and(|p| self.probes.is_probe(p))
     }
 
     /// Whether the connection speaks HTTP/2: by ALPN on TLS, by its preface with h2c.
