@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 pub mod redis;
+pub mod tls;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_porteiro");
 
