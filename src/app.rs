@@ -20,10 +20,11 @@ use crate::admin::Admin;
 use crate::cluster::{Cluster, ClusterService};
 use crate::config::{self, model::Config, ConfigErrors};
 use crate::conn::probe::SelfProbes;
-use crate::conn::Frontend;
+use crate::conn::{Frontend, Listeners};
 use crate::proxy::Porteiro;
 use crate::reload::{ConfigWatcher, HangupReloader, Reloader};
 use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::tls::Resumption;
 use crate::upstream::health::HealthChecker;
 
 #[derive(Debug, thiserror::Error)]
@@ -158,10 +159,28 @@ fn build_server(
     // HTTP/1.x idle time is enforced by `conn`; HTTP/2 connections by pingora, from here.
     options.h2_idle_timeout = Some(s.clients.keepalive_timeout);
     app.server_options = Some(options);
-    let listeners: Vec<SocketAddr> = s.listen.iter().chain(&s.listen_tls).copied().collect();
+    let acceptor = match s.listen_tls.is_empty() {
+        true => None,
+        false => Some(
+            crate::tls::acceptor(
+                snapshot.clone(),
+                Resumption {
+                    tickets: s.tls_session_tickets,
+                    cache: s.tls_session_cache,
+                },
+            )
+            .map_err(|e| StartError::Tls(e.to_string()))?,
+        ),
+    };
+    let listeners = Listeners {
+        plain: s.listen.clone(),
+        tls: s.listen_tls.clone(),
+        acceptor,
+        h2c: s.h2c,
+    };
     let mut proxy = Service::new(
         "porteiro".to_string(),
-        Frontend::new(app, snapshot.clone(), &listeners, s.h2c, knocks),
+        Frontend::new(app, snapshot.clone(), listeners, knocks),
     );
     // pingora gives each connection a 64 KiB read buffer by default. Plain HTTP needs none:
     // `conn` reads request heads itself and pingora's HTTP/1 code has its own buffers. Under
@@ -173,18 +192,13 @@ fn build_server(
         };
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(unbuffered_reads));
     }
+    // TLS listeners too are plain TCP to pingora: `Frontend` runs the handshake.
     for addr in &s.listen_tls {
-        let settings = crate::tls::listener_settings(snapshot.clone())
-            .map_err(|e| StartError::Tls(e.to_string()))?;
         let record_reads = L4BufferSettings {
             read: Some(16 * 1024),
             ..L4BufferSettings::default()
         };
-        proxy.add_listener(
-            ListenerConfig::tcp(addr.to_string())
-                .tls(settings)
-                .l4_buffer(record_reads),
-        );
+        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(record_reads));
     }
     warn_about_certificates(config);
     server.add_service(proxy);

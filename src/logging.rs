@@ -40,15 +40,13 @@ pub fn init(format: LogFormat, default_filter: &str) {
     }
 }
 
-/// Client handshakes that fail (TLS garbage, a scanner, an HTTP/2 preface cut short): one
-/// ERROR line each from pingora, turned into a count in
-/// `porteiro_tls_handshake_failures_total{reason="handshake"}` and a debug line.
+/// HTTP/2 handshakes that fail (a preface cut short, garbage after ALPN chose h2): one ERROR
+/// line each from pingora, turned into a count in
+/// `porteiro_tls_handshake_failures_total{reason="handshake"}` and a debug line. (`conn` runs
+/// and counts TLS handshakes itself.)
 struct QuietHandshakes;
 
-const NOISY: [(&str, &str); 2] = [
-    ("pingora_core::services::listening", "Downstream handshake"),
-    ("pingora_core::apps", "H2 handshake error"),
-];
+const NOISY: [(&str, &str); 1] = [("pingora_core::apps", "H2 handshake error")];
 
 impl<S: Subscriber> Layer<S> for QuietHandshakes {
     fn event_enabled(&self, event: &Event<'_>, _ctx: Context<'_, S>) -> bool {

@@ -81,6 +81,10 @@ pub struct ServerConfig {
     pub listen_tls: Vec<SocketAddr>,
     /// Served to clients that send no SNI, or a name no tenant claims; `None` refuses them.
     pub default_certificate: Option<TlsFiles>,
+    /// Issue TLS session tickets (stateless resumption).
+    pub tls_session_tickets: bool,
+    /// TLS sessions kept for resumption by id; 0 keeps none.
+    pub tls_session_cache: usize,
     /// The port `https_redirect` sends clients to (443 is left out of the URL).
     pub https_port: u16,
     pub threads: usize,

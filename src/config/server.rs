@@ -26,6 +26,8 @@ pub(super) const SERVER_KEYS: &[&str] = &[
     "listen",
     "listen_tls",
     "default_certificate",
+    "tls_session_tickets",
+    "tls_session_cache",
     "https_port",
     "threads",
     "work_stealing",
@@ -61,6 +63,8 @@ pub fn defaults() -> ServerConfig {
         listen: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
         listen_tls: Vec::new(),
         default_certificate: None,
+        tls_session_tickets: true,
+        tls_session_cache: 10_000,
         https_port: 443,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         tenants_dir: PathBuf::from("tenants.d"),
@@ -143,6 +147,12 @@ pub fn parse(file: &Path, top: &Table, errs: &mut ConfigErrors) -> ServerConfig 
     }
     if let Some(t) = f.table("default_certificate", errs) {
         s.default_certificate = parse_tls_files(file, "server.default_certificate", t, errs);
+    }
+    if let Some(b) = f.bool("tls_session_tickets", errs) {
+        s.tls_session_tickets = b;
+    }
+    if let Some(n) = f.int("tls_session_cache", 0..=1_000_000, errs) {
+        s.tls_session_cache = n as usize;
     }
     if let Some(n) = f.int("https_port", 1..=65535, errs) {
         s.https_port = n as u16;
@@ -323,6 +333,8 @@ mod tests {
         assert_eq!(s.unknown_host_status, 404);
         assert!(!s.h2c);
         assert!(!s.work_stealing);
+        assert!(s.tls_session_tickets);
+        assert_eq!(s.tls_session_cache, 10_000);
     }
 
     #[test]
@@ -330,7 +342,8 @@ mod tests {
         let (s, errs) = parse_str(
             "[server]\nlisten = [\"127.0.0.1:1\", \"[::1]:2\"]\nthreads = 3\ntenants_dir = \"t\"\n\
              unknown_host_status = 421\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.1\"]\nh2c = true\n\
-             work_stealing = true\ngrace_period = \"5s\"\ngraceful_shutdown_timeout = \"1s\"\n",
+             work_stealing = true\ngrace_period = \"5s\"\ngraceful_shutdown_timeout = \"1s\"\n\
+             tls_session_tickets = false\ntls_session_cache = 0\n",
         );
         assert!(errs.is_empty(), "{errs}");
         assert_eq!(s.listen.len(), 2);
@@ -341,6 +354,8 @@ mod tests {
         assert!(s.h2c);
         assert!(s.work_stealing);
         assert_eq!(s.grace_period, Duration::from_secs(5));
+        assert!(!s.tls_session_tickets);
+        assert_eq!(s.tls_session_cache, 0);
     }
 
     #[test]

@@ -18,7 +18,9 @@ pub enum Over {
 const SHARDS: usize = 16;
 
 pub struct ConnCounter {
-    listeners: Vec<(SocketAddr, AtomicU32)>,
+    listeners: Vec<SocketAddr>,
+    /// Open connections, parallel to `listeners`.
+    open: Vec<AtomicU32>,
     /// Open connections per client key; an entry is removed when its count drops to zero,
     /// so the map only holds clients that have connections open.
     clients: [Mutex<HashMap<IpAddr, u32>>; SHARDS],
@@ -36,7 +38,8 @@ pub struct ConnSlot<'a> {
 impl ConnCounter {
     pub fn new(listeners: &[SocketAddr]) -> Self {
         Self {
-            listeners: listeners.iter().map(|a| (*a, AtomicU32::new(0))).collect(),
+            listeners: listeners.to_vec(),
+            open: listeners.iter().map(|_| AtomicU32::new(0)).collect(),
             clients: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             hasher: RandomState::new(),
         }
@@ -57,7 +60,7 @@ impl ConnCounter {
             client: None,
         };
         if let Some(i) = local.and_then(|a| self.listener_index(a)) {
-            let open = &self.listeners[i].1;
+            let open = &self.open[i];
             if open.fetch_add(1, Ordering::AcqRel) >= max_listener {
                 open.fetch_sub(1, Ordering::AcqRel);
                 return Err(Over::Listener);
@@ -80,6 +83,7 @@ impl ConnCounter {
     pub fn open(&self) -> Vec<(SocketAddr, u32)> {
         self.listeners
             .iter()
+            .zip(&self.open)
             .map(|(a, n)| (*a, n.load(Ordering::Relaxed)))
             .collect()
     }
@@ -90,13 +94,7 @@ impl ConnCounter {
     }
 
     fn listener_index(&self, local: SocketAddr) -> Option<usize> {
-        let exact = self.listeners.iter().position(|(a, _)| *a == local);
-        // A listener on 0.0.0.0 or [::] sees connections on a concrete local address.
-        exact.or_else(|| {
-            self.listeners
-                .iter()
-                .position(|(a, _)| a.ip().is_unspecified() && a.port() == local.port())
-        })
+        find_listener(&self.listeners, local)
     }
 
     fn shard(&self, key: IpAddr) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
@@ -104,10 +102,21 @@ impl ConnCounter {
     }
 }
 
+/// Which of `listeners` accepted a connection on `local`.
+pub fn find_listener(listeners: &[SocketAddr], local: SocketAddr) -> Option<usize> {
+    let exact = listeners.iter().position(|a| *a == local);
+    // A listener on 0.0.0.0 or [::] sees connections on a concrete local address.
+    exact.or_else(|| {
+        listeners
+            .iter()
+            .position(|a| a.ip().is_unspecified() && a.port() == local.port())
+    })
+}
+
 impl Drop for ConnSlot<'_> {
     fn drop(&mut self) {
         if let Some(i) = self.listener {
-            self.counter.listeners[i].1.fetch_sub(1, Ordering::AcqRel);
+            self.counter.open[i].fetch_sub(1, Ordering::AcqRel);
         }
         if let Some(key) = self.client {
             let mut shard = self.counter.shard(key);

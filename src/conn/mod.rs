@@ -17,7 +17,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,12 +44,23 @@ const HEAD_GROWTH: usize = 4096;
 /// The grace period's end stops every connection in any case.
 const DRAIN: Duration = Duration::from_millis(500);
 
+/// The listeners a `Frontend` serves. pingora accepts on all of them as plain TCP; on the
+/// TLS ones `Frontend` runs the handshake itself, once the connection has its slot.
+pub struct Listeners {
+    pub plain: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+    /// Needed when `tls` is not empty.
+    pub acceptor: Option<Acceptor>,
+    /// Accept cleartext HTTP/2 on the plain listeners.
+    pub h2c: bool,
+}
+
 /// Wraps pingora's HTTP application (`A`) with porteiro's connection rules.
 pub struct Frontend<A> {
     app: Arc<A>,
     snapshot: Arc<SharedSnapshot>,
     counter: ConnCounter,
-    h2c: bool,
+    listeners: Listeners,
     probes: Arc<SelfProbes>,
 }
 
@@ -55,17 +68,27 @@ impl<A> Frontend<A> {
     pub fn new(
         app: A,
         snapshot: Arc<SharedSnapshot>,
-        listeners: &[SocketAddr],
-        h2c: bool,
+        listeners: Listeners,
         probes: Arc<SelfProbes>,
     ) -> Self {
+        let all: Vec<SocketAddr> = listeners
+            .plain
+            .iter()
+            .chain(&listeners.tls)
+            .copied()
+            .collect();
         Self {
             app: Arc::new(app),
             snapshot,
-            counter: ConnCounter::new(listeners),
-            h2c,
+            counter: ConnCounter::new(&all),
+            listeners,
             probes,
         }
+    }
+
+    /// Whether a connection accepted on `local` is to be a TLS one.
+    fn is_tls(&self, local: Option<SocketAddr>) -> bool {
+        local.is_some_and(|local| caps::find_listener(&self.listeners.tls, local).is_some())
     }
 }
 
@@ -97,6 +120,7 @@ where
         let local = socket
             .as_ref()
             .and_then(|d| d.local_addr()?.as_inet().copied());
+        let tls = self.is_tls(local);
         let client = peer_ip(&stream)
             .filter(|_| !exempt)
             .map(|ip| crate::limits::address_block(ip, limits.client_ipv6_prefix));
@@ -119,13 +143,17 @@ where
                 };
                 m.client_error(reason);
                 tracing::debug!(client = ?peer_ip(&stream), reason, "connection refused");
-                if stream.selected_alpn_proto() != Some(ALPN::H2) {
+                // Over TLS the answer would cost a handshake: the connection just closes.
+                if !tls {
                     answer_and_close(&mut stream, status, why, &limits).await;
                 }
                 return None;
             }
         };
         let _open = metrics::OpenConnection::new();
+        if tls {
+            stream = self.tls_handshake(stream, &limits).await?;
+        }
         if self.is_h2(&mut stream, &limits).await? {
             // pingora's HTTP/2 server: its idle timeout is set from keepalive_timeout.
             return self.app.process_new(stream, shutdown).await;
@@ -160,13 +188,34 @@ where
         peer.is_some_and(|p| self.probes.is_probe(p))
     }
 
+    /// The TLS handshake, bounded by `header_timeout`: a client stalling it holds its slot no
+    /// longer than one stalling its request head. `None`: it failed (counted).
+    async fn tls_handshake(&self, stream: Stream, limits: &ClientLimits) -> Option<Stream> {
+        let client = peer_ip(&stream);
+        let acceptor = self.listeners.acceptor.as_ref()?;
+        // pingora hands over every accepted connection as its plain TCP stream.
+        let tcp = stream.into_any().downcast::<L4Stream>().ok()?;
+        let reason = match timeout(limits.header_timeout, crate::tls::handshake(acceptor, *tcp))
+            .await
+        {
+            Ok(Ok(tls)) => return Some(tls),
+            Ok(Err(e)) => {
+                tracing::debug!(target: "porteiro::handshake", ?client, error = %e, "TLS handshake failed");
+                "handshake"
+            }
+            Err(_) => "handshake_timeout",
+        };
+        metrics::get().tls_refused(reason);
+        None
+    }
+
     /// Whether the connection speaks HTTP/2: by ALPN on TLS, by its preface with h2c.
     /// `None` when the client sent nothing in time.
     async fn is_h2(&self, stream: &mut Stream, limits: &ClientLimits) -> Option<bool> {
         if stream.get_ssl_digest().is_some() {
             return Some(stream.selected_alpn_proto() == Some(ALPN::H2));
         }
-        if !self.h2c {
+        if !self.listeners.h2c {
             return Some(false);
         }
         let mut buf = [0u8; H2_PREFACE.len()];

@@ -13,7 +13,7 @@ use pingora::server::ShutdownWatch;
 use tokio::net::TcpListener;
 
 use super::probe::SelfProbes;
-use super::Frontend;
+use super::{Frontend, Listeners};
 use crate::metrics;
 use crate::snapshot::Snapshot;
 
@@ -43,13 +43,13 @@ async fn full_listener() -> (TcpListener, Arc<Frontend<NoApp>>, Arc<SelfProbes>)
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let probes = Arc::new(SelfProbes::default());
-    let front = Arc::new(Frontend::new(
-        NoApp,
-        snapshot,
-        &[addr],
-        false,
-        probes.clone(),
-    ));
+    let listeners = Listeners {
+        plain: vec![addr],
+        tls: Vec::new(),
+        acceptor: None,
+        h2c: false,
+    };
+    let front = Arc::new(Frontend::new(NoApp, snapshot, listeners, probes.clone()));
     let held = front.counter.acquire(Some(addr), None, 1, 0);
     std::mem::forget(held.expect("the one slot"));
     (listener, front, probes)

@@ -417,6 +417,14 @@ fn restart_required(started: &ServerConfig, now: &ServerConfig) -> Vec<String> {
     };
     check("listen", started.listen != now.listen);
     check("listen_tls", started.listen_tls != now.listen_tls);
+    check(
+        "tls_session_tickets",
+        started.tls_session_tickets != now.tls_session_tickets,
+    );
+    check(
+        "tls_session_cache",
+        started.tls_session_cache != now.tls_session_cache,
+    );
     check("threads", started.threads != now.threads);
     check("work_stealing", started.work_stealing != now.work_stealing);
     check("h2c", started.h2c != now.h2c);

@@ -1,15 +1,21 @@
-//! TLS termination: certificates chosen by SNI from the live snapshot, and the SNI a client sent
-//! remembered per connection for the Host/SNI consistency check.
+//! TLS termination: certificates chosen by SNI from the live snapshot, session resumption, and
+//! the SNI a client sent remembered per connection for the Host/SNI consistency check. `conn`
+//! runs the handshake, after the connection caps and under `header_timeout`.
 
 mod certs;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::tls::Acceptor;
 use pingora::listeners::TlsAccept;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::tls::server::handshake_with_callback;
 use pingora::protocols::tls::TlsRef;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use pingora::protocols::Stream;
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ResolvesServerCert, ServerConfig, ServerSessionMemoryCache,
+};
 use rustls::sign::CertifiedKey;
 
 pub use certs::{
@@ -57,11 +63,43 @@ impl TlsAccept for RememberSni {
     }
 }
 
-/// Listener settings: TLS 1.2 and 1.3 (pingora's rustls defaults, strong suites only), ALPN h2
-/// then http/1.1, certificates from the snapshot.
-pub fn listener_settings(snapshot: Arc<SharedSnapshot>) -> pingora::Result<TlsSettings> {
-    let mut settings = TlsSettings::with_callbacks(Box::new(RememberSni))?;
-    settings.set_cert_resolver(Arc::new(SniResolver { snapshot }));
-    settings.enable_h2();
-    Ok(settings)
+/// How TLS sessions are resumed: stateless tickets, and a cache of sessions by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resumption {
+    /// Issue session tickets (keys made at start, rotated by rustls every 6 hours, kept in
+    /// memory only).
+    pub tickets: bool,
+    /// Sessions kept for resumption by id (TLS 1.2 clients without tickets, or all clients
+    /// when tickets are off); 0 keeps none.
+    pub cache: usize,
+}
+
+/// The TLS acceptor of every `listen_tls` listener: TLS 1.2 and 1.3 with rustls's default
+/// (strong) suites, ALPN h2 then http/1.1, certificates from the snapshot by SNI. Built here
+/// rather than by pingora's `TlsSettings`, which offers no session tickets and a 256-entry
+/// session cache.
+pub fn acceptor(
+    snapshot: Arc<SharedSnapshot>,
+    resumption: Resumption,
+) -> Result<Acceptor, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { snapshot }));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.session_storage = match resumption.cache {
+        0 => Arc::new(NoServerSessionStorage {}),
+        n => ServerSessionMemoryCache::new(n),
+    };
+    if resumption.tickets {
+        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    }
+    Ok(Acceptor::from_server_config(Arc::new(config)))
+}
+
+/// The TLS handshake of an accepted connection; the SNI is kept in the connection's digest.
+pub async fn handshake(acceptor: &Acceptor, tcp: L4Stream) -> pingora::Result<Stream> {
+    let tls = handshake_with_callback(acceptor, tcp, &RememberSni).await?;
+    Ok(Box::new(tls))
 }

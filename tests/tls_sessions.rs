@@ -1,0 +1,215 @@
+//! TLS connections before the first request: session resumption by ticket and by cache, and a
+//! handshake held to the same rules as a request head (the connection caps, `header_timeout`).
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::tls::*;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{
+    self, ClientConfig, HandshakeKind, RootCertStore, SupportedProtocolVersion,
+};
+use tokio_rustls::TlsConnector;
+
+const WAIT: Duration = Duration::from_secs(10);
+const NAME: &str = "t.test";
+
+struct Site {
+    proxy: Proxy,
+    addr: SocketAddr,
+    ca: Ca,
+    _web: Backend,
+    _cfg: ConfigDir,
+}
+
+/// porteiro with one tenant (`NAME`, with its certificate) on a TLS listener, listening and
+/// with no connection open.
+async fn tls_site(server_extra: &str) -> Site {
+    let web = Backend::start("web").await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let cfg = ConfigDir::new(&format!("listen_tls = [\"{addr}\"]\n{server_extra}"));
+    let ca = Ca::new();
+    write_cert(&cfg, "t", &ca.issue(&[NAME]));
+    let tenant = one_pool_tenant("t", &[NAME], &[web.addr], "");
+    cfg.tenant("t.toml", &format!("{}{tenant}", tls_key("t")));
+    let proxy = Proxy::start(&cfg);
+    eventually(WAIT, "the TLS listener accepts", || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    eventually(WAIT, "no connection is open", || async {
+        series(&proxy.scrape().await, "porteiro_client_connections") == 0.0
+    })
+    .await;
+    Site {
+        proxy,
+        addr,
+        ca,
+        _web: web,
+        _cfg: cfg,
+    }
+}
+
+/// A client of its own (its own session store) that trusts `ca` and speaks only `version`.
+fn client(ca: &Ca, version: &'static SupportedProtocolVersion) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(ca.der())).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// One request over a new connection; how its handshake went. The answer is read to its end:
+/// TLS 1.3 tickets arrive after the handshake.
+async fn fetch(config: &Arc<ClientConfig>, addr: SocketAddr) -> HandshakeKind {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(NAME).unwrap();
+    let mut tls = tokio::time::timeout(WAIT, TlsConnector::from(config.clone()).connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
+    let request = format!("GET / HTTP/1.1\r\nHost: {NAME}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    kind
+}
+
+fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `others` clients, each with a session of its own, fill the server's session cache.
+async fn crowd(
+    ca: &Ca,
+    version: &'static SupportedProtocolVersion,
+    addr: SocketAddr,
+    others: usize,
+) {
+    for _ in 0..others {
+        assert_eq!(fetch(&client(ca, version), addr).await, HandshakeKind::Full);
+    }
+}
+
+#[tokio::test]
+async fn tickets_resume_sessions_the_session_cache_has_no_room_for() {
+    let Site {
+        proxy,
+        addr,
+        ca,
+        _web,
+        _cfg,
+    } = tls_site("tls_session_cache = 4").await;
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let mine = client(&ca, version);
+        assert_eq!(fetch(&mine, addr).await, HandshakeKind::Full);
+        crowd(&ca, version, addr, 12).await;
+        assert_eq!(
+            fetch(&mine, addr).await,
+            HandshakeKind::Resumed,
+            "{version:?}: the ticket resumes the session\n{}",
+            proxy.logs()
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_tickets_the_session_cache_resumes_while_it_has_room() {
+    let Site {
+        proxy: _proxy,
+        addr,
+        ca,
+        _web,
+        _cfg,
+    } = tls_site("tls_session_tickets = false\ntls_session_cache = 4").await;
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let mine = client(&ca, version);
+        assert_eq!(fetch(&mine, addr).await, HandshakeKind::Full);
+        assert_eq!(
+            fetch(&mine, addr).await,
+            HandshakeKind::Resumed,
+            "{version:?}"
+        );
+        crowd(&ca, version, addr, 12).await;
+        assert_eq!(
+            fetch(&mine, addr).await,
+            HandshakeKind::Full,
+            "{version:?}: 12 sessions later, 4 entries no longer hold this one"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_is_cut_off_at_header_timeout() {
+    let Site {
+        proxy,
+        addr,
+        ca,
+        _web,
+        _cfg,
+    } = tls_site("header_timeout = \"1s\"").await;
+    // Nothing at all, then the first 5 bytes of a ClientHello record and no more.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(addr).await.unwrap();
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .unwrap();
+    for conn in [&mut silent, &mut partial] {
+        let (answer, closed) = read_until_closed(conn, Duration::from_secs(5)).await;
+        assert!(closed, "a stalled handshake holds its connection");
+        assert!(answer.is_empty(), "{answer}");
+    }
+    let timeouts = r#"porteiro_tls_handshake_failures_total{reason="handshake_timeout"}"#;
+    assert_eq!(series(&proxy.scrape().await, timeouts), 2.0);
+    assert_eq!(
+        fetch(&client(&ca, &rustls::version::TLS13), addr).await,
+        HandshakeKind::Full
+    );
+}
+
+#[tokio::test]
+async fn connections_still_in_their_handshake_count_against_the_caps() {
+    let Site {
+        proxy,
+        addr,
+        ca,
+        _web,
+        _cfg,
+    } = tls_site("max_connections_per_ip = 2").await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    eventually(WAIT, "both connections hold a slot", || async {
+        series(&proxy.scrape().await, "porteiro_client_connections") == 2.0
+    })
+    .await;
+    // Over the cap: closed before any handshake (an answer would cost one).
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (answer, closed) = read_until_closed(&mut third, Duration::from_secs(5)).await;
+    assert!(closed && answer.is_empty(), "{answer}");
+    let refused = r#"porteiro_client_errors_total{reason="client_connections"}"#;
+    assert_eq!(series(&proxy.scrape().await, refused), 1.0);
+
+    drop(held);
+    let config = client(&ca, &rustls::version::TLS13);
+    eventually(WAIT, "freed slots take a client again", || async {
+        series(&proxy.scrape().await, "porteiro_client_connections") == 0.0
+    })
+    .await;
+    assert_eq!(fetch(&config, addr).await, HandshakeKind::Full);
+}
