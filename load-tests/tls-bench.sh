@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # TLS costs beyond keep-alive, porteiro next to nginx in the same run (loopback only; stops by
-# itself): a full handshake per request (wrk with Connection: close) and HTTP/2 with h2load.
+# itself): a handshake per request, from wrk with Connection: close (wrk keeps its sessions,
+# so these handshakes resume) and from a rustls client making full (`new`) or resumed
+# (`resume`) handshakes (examples/tls_connections.rs); and HTTP/2 with h2load.
 # Proxies run on CPU 0 with one worker; load and the nginx backend share CPU 1. The figure is
 # the proxy's own CPU time per request (user+sys over the run / requests): lower is better.
 #
-#   load-tests/tls-bench.sh [SECONDS]
+#   [KEY=rsa] load-tests/tls-bench.sh [SECONDS]
 #
 # Needs: nginx (nginx-light), wrk, h2load (nghttp2-client), openssl, bc. Uses
 # target/release/porteiro (PORTEIRO overrides).
@@ -13,6 +15,8 @@ D=${1:-8}
 here=$(cd "$(dirname "$0")/.." && pwd)
 . "$here/load-tests/lib.sh"
 bin=${PORTEIRO:-$here/target/release/porteiro}
+(cd "$here" && cargo build -q --release --example tls_connections)
+conns_bin=$here/target/release/examples/tls_connections
 W=$(mktemp -d /tmp/tls-bench.XXXX); chmod 755 "$W"
 BACK=18580; NGX=18581; POR=18582
 PIDS=()
@@ -20,7 +24,12 @@ cleanup() { kill -INT "${PIDS[@]}" 2>/dev/null || true; sleep 0.5; kill -KILL "$
 trap cleanup EXIT
 
 mkdir -p "$W/certs" "$W/p/tenants.d"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+# KEY=rsa: an RSA 2048 certificate instead of ECDSA P-256 (full handshakes cost more).
+case "${KEY:-ec}" in
+  rsa) newkey=(-newkey rsa:2048) ;;
+  *) newkey=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1) ;;
+esac
+openssl req -x509 "${newkey[@]}" -nodes -days 2 \
   -subj "/CN=example.com" -addext "subjectAltName=DNS:example.com,DNS:*.example.com" \
   -keyout "$W/certs/key.pem" -out "$W/certs/cert.pem" 2>/dev/null
 chmod 644 "$W"/certs/*
@@ -60,8 +69,20 @@ for name in nginx porteiro; do
   out=$(taskset -c 1 wrk -t1 -c16 -d"${D}s" -H "Host: t0.example.com" -H "Connection: close" "https://127.0.0.1:$port/")
   t1=$(ticks "$pid")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out"); rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  printf "%-9s %-22s %10.0f %12s\n" $name "handshake per request" "$rps" "$(us_per_req "$t0" "$t1" "$reqs")"
+  printf "%-9s %-22s %10.0f %12s\n" $name "wrk, resumed hs/req" "$rps" "$(us_per_req "$t0" "$t1" "$reqs")"
   awk '/Non-2xx|Socket errors/ {print "  warn: " $0}' <<<"$out"
+
+  # Clients that keep their sessions (or not): what a returning client costs with
+  # resumption, against a full handshake, same request.
+  for mode in new resume; do
+    t0=$(ticks "$pid")
+    out=$(taskset -c 1 "$conns_bin" "127.0.0.1:$port" t0.example.com "$mode" 16 "$D")
+    t1=$(ticks "$pid")
+    read -r _ conns _ resumed _ ok <<<"$out"
+    printf "%-9s %-22s %10.0f %12s\n" $name "$mode hs/req" "$(echo "$conns / $D" | bc)" "$(us_per_req "$t0" "$t1" "$conns")"
+    [ "$ok" = "$conns" ] || echo "  warn: only $ok of $conns answers were 200"
+    [ "$mode" = new ] || [ "$resumed" -ge $((conns - 16)) ] || echo "  warn: only $resumed of $conns resumed"
+  done
 
   n=$((D * 20000))
   t0=$(ticks "$pid")
