@@ -11,7 +11,7 @@ use porteiro::config;
 use porteiro::snapshot::Snapshot;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: porteiro::alloc::Mimalloc = porteiro::alloc::Mimalloc;
 
 fn main() {
     let tenants: usize = std::env::args()

@@ -1,7 +1,6 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use mimalloc::MiMalloc;
 
 use porteiro::app::{self, RunOptions, StartError};
 use porteiro::cli::{Cli, Command};
@@ -10,7 +9,7 @@ use porteiro::snapshot::Snapshot;
 // glibc malloc/free showed up at the top of the per-request profile; mimalloc is cheaper for
 // the many short-lived allocations of request handling.
 #[global_allocator]
-static GLOBAL: MiMalloc = MiMalloc;
+static GLOBAL: porteiro::alloc::Mimalloc = porteiro::alloc::Mimalloc;
 
 /// rustls warns about every client that misbehaves (an IP address as SNI, say): client noise,
 /// not operator news.
