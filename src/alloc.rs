@@ -103,7 +103,10 @@ mod tests {
     #[test]
     fn small_blocks_with_large_alignment_take_the_aligned_calls() {
         assert!(plain(8, 8) && plain(16, 4096) && plain(1, 1));
-        assert!(!plain(16, 8), "a block under 16 bytes may be aligned to 8 only");
+        assert!(
+            !plain(16, 8),
+            "a block under 16 bytes may be aligned to 8 only"
+        );
         assert!(!plain(32, 4096));
     }
 }

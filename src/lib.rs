@@ -5,8 +5,8 @@
 //! selection logic in `upstream` are pure and unit-tested; `app` wires the pingora server.
 
 pub mod access_log;
-pub mod alloc;
 pub mod admin;
+pub mod alloc;
 pub mod app;
 pub mod cache;
 pub mod cli;
