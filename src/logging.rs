@@ -15,7 +15,10 @@ use crate::config::model::LogFormat;
 
 /// Sets up logging for the process; `RUST_LOG` overrides `default_filter`.
 pub fn init(format: LogFormat, default_filter: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(filter) => quiet_client_noise(filter),
+        Err(_) => default_filter.into(),
+    };
     let ansi = std::io::stderr().is_terminal();
     let base = tracing_subscriber::registry()
         .with(filter)
@@ -37,6 +40,17 @@ pub fn init(format: LogFormat, default_filter: &str) {
     };
     if let Err(e) = done {
         eprintln!("porteiro: logging was already set up: {e}");
+    }
+}
+
+/// rustls writes a WARN line for many things a client does wrong (a malformed server name, a
+/// renegotiation attempt), each with what the client sent: a client could fill the disk. Kept
+/// to errors whatever `RUST_LOG` says, unless it names rustls itself.
+fn quiet_client_noise(filter: EnvFilter) -> EnvFilter {
+    let set = std::env::var("RUST_LOG").unwrap_or_default();
+    match (set.contains("rustls"), "rustls=error".parse()) {
+        (false, Ok(directive)) => filter.add_directive(directive),
+        _ => filter,
     }
 }
 

@@ -41,9 +41,19 @@ async fn tls_site(server_extra: &str) -> Site {
         tokio::net::TcpStream::connect(addr).await.is_ok()
     })
     .await;
-    eventually(WAIT, "no connection is open", || async {
-        series(&proxy.scrape().await, "porteiro_client_connections") == 0.0
-    })
+    // That probe connection closed without a handshake: counted, then gone.
+    eventually(
+        WAIT,
+        "the probe is counted and no connection is open",
+        || async {
+            let text = proxy.scrape().await;
+            series(
+                &text,
+                r#"porteiro_tls_handshake_failures_total{reason="handshake"}"#,
+            ) == 1.0
+                && series(&text, "porteiro_client_connections") == 0.0
+        },
+    )
     .await;
     Site {
         proxy,
@@ -212,4 +222,102 @@ async fn connections_still_in_their_handshake_count_against_the_caps() {
     })
     .await;
     assert_eq!(fetch(&config, addr).await, HandshakeKind::Full);
+}
+
+#[tokio::test]
+async fn an_http2_client_that_never_sends_its_preface_is_cut_off_at_header_timeout() {
+    let Site {
+        proxy,
+        addr,
+        ca,
+        _web,
+        _cfg,
+    } = tls_site("header_timeout = \"1s\"").await;
+    let mut h2 = (*client(&ca, &rustls::version::TLS13)).clone();
+    h2.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(NAME).unwrap();
+    let mut tls = TlsConnector::from(Arc::new(h2))
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // The preface never comes: porteiro must not wait for it beyond header_timeout.
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut got)).await;
+    assert!(ended.is_ok(), "still open 5 s after the handshake");
+    eventually(WAIT, "the connection is closed", || async {
+        series(&proxy.scrape().await, "porteiro_client_connections") == 0.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_name_without_certificate_counts_once_and_client_noise_stays_out_of_the_log() {
+    let Site {
+        proxy,
+        addr,
+        ca,
+        _web,
+        _cfg,
+    } = tls_site("").await;
+    let failures = |text: &str, reason: &str| {
+        series(
+            text,
+            &format!("porteiro_tls_handshake_failures_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    let before = proxy.scrape().await;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let other = ServerName::try_from("other.test").unwrap();
+    let refused = TlsConnector::from(client(&ca, &rustls::version::TLS13))
+        .connect(other, tcp)
+        .await;
+    assert!(refused.is_err(), "no certificate for other.test");
+    // A server name no client library would send; rustls logs such names at WARN.
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    raw.write_all(&client_hello(b"a_b!.test")).await.unwrap();
+    let (_, closed) = read_until_closed(&mut raw, Duration::from_secs(5)).await;
+    assert!(closed);
+
+    eventually(WAIT, "the refusal is counted", || async {
+        let now = proxy.scrape().await;
+        failures(&now, "no_certificate") - failures(&before, "no_certificate") == 1.0
+    })
+    .await;
+    // The bad name, and the refusal above not again as another reason.
+    let now = proxy.scrape().await;
+    assert_eq!(
+        failures(&now, "handshake") - failures(&before, "handshake"),
+        1.0
+    );
+    let logs = proxy.logs();
+    assert!(!logs.contains("a_b!.test"), "{logs}");
+    assert!(!logs.contains("WARN rustls"), "{logs}");
+}
+
+/// A TLS 1.2 ClientHello naming `name`, byte by byte (no client library sends a bad name).
+fn client_hello(name: &[u8]) -> Vec<u8> {
+    let u16be = |n: usize| (n as u16).to_be_bytes();
+    let mut sni = vec![0u8]; // host_name
+    sni.extend(u16be(name.len()));
+    sni.extend(name);
+    let mut ext = vec![0, 0]; // server_name
+    ext.extend(u16be(sni.len() + 2));
+    ext.extend(u16be(sni.len()));
+    ext.extend(&sni);
+    let mut body = vec![3, 3];
+    body.extend([7u8; 32]); // random
+    body.push(0); // no session id
+    body.extend([0, 4, 0xc0, 0x2b, 0xc0, 0x2f]); // two ECDHE suites
+    body.extend([1, 0]); // no compression
+    body.extend(u16be(ext.len()));
+    body.extend(&ext);
+    let mut hs = vec![1, 0];
+    hs.extend(u16be(body.len()));
+    hs.extend(&body);
+    let mut record = vec![0x16, 3, 1];
+    record.extend(u16be(hs.len()));
+    record.extend(&hs);
+    record
 }

@@ -6,6 +6,7 @@
 
 pub mod caps;
 pub mod head;
+mod preface;
 pub mod probe;
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ use crate::metrics;
 use crate::snapshot::SharedSnapshot;
 use caps::{ConnCounter, Over};
 use head::{HeadLimits, TooLarge};
+use preface::PrefaceDeadline;
 use probe::SelfProbes;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -155,7 +157,11 @@ where
             stream = self.tls_handshake(stream, &limits).await?;
         }
         if self.is_h2(&mut stream, &limits).await? {
-            // pingora's HTTP/2 server: its idle timeout is set from keepalive_timeout.
+            // pingora's HTTP/2 server: its idle timeout is set from keepalive_timeout. (h2c's
+            // preface was already seen, within header_timeout, to know it is HTTP/2.)
+            if tls {
+                stream = Box::new(PrefaceDeadline::new(stream, limits.header_timeout));
+            }
             return self.app.process_new(stream, shutdown).await;
         }
         self.serve_h1(stream, shutdown, limits).await;
@@ -194,14 +200,17 @@ where
         let client = peer_ip(&stream);
         let acceptor = self.listeners.acceptor.as_ref()?;
         // pingora hands over every accepted connection as its plain TCP stream.
-        let tcp = stream.into_any().downcast::<L4Stream>().ok()?;
+        let Ok(tcp) = stream.into_any().downcast::<L4Stream>() else {
+            tracing::error!("a connection on a TLS listener is not plain TCP; closed");
+            return None;
+        };
         let reason = match timeout(limits.header_timeout, crate::tls::handshake(acceptor, *tcp))
             .await
         {
             Ok(Ok(tls)) => return Some(tls),
             Ok(Err(e)) => {
                 tracing::debug!(target: "porteiro::handshake", ?client, error = %e, "TLS handshake failed");
-                "handshake"
+                crate::tls::failure_reason(&e)
             }
             Err(_) => "handshake_timeout",
         };

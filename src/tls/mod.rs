@@ -35,7 +35,7 @@ impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let cert = self.snapshot.load().certificate_for(hello.server_name());
         if cert.is_none() {
-            crate::metrics::get().tls_refused("no_certificate");
+            // Counted by `failure_reason`, with the handshake it ends.
             tracing::debug!(
                 sni = hello.server_name(),
                 "no certificate for this name; handshake refused"
@@ -96,6 +96,19 @@ pub fn acceptor(
         config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     }
     Ok(Acceptor::from_server_config(Arc::new(config)))
+}
+
+/// What rustls says when the resolver above found no certificate.
+const NO_CERTIFICATE: &str = "no server certificate chain resolved";
+
+/// Why a handshake failed, as `porteiro_tls_handshake_failures_total` counts it: no
+/// certificate for the name, or anything else the client did (garbage, an old protocol, a
+/// handshake abandoned). pingora keeps only the text of rustls's error, so the text it is.
+pub fn failure_reason(e: &pingora::Error) -> &'static str {
+    match e.to_string().contains(NO_CERTIFICATE) {
+        true => "no_certificate",
+        false => "handshake",
+    }
 }
 
 /// The TLS handshake of an accepted connection; the SNI is kept in the connection's digest.
