@@ -296,6 +296,35 @@ async fn a_name_without_certificate_counts_once_and_client_noise_stays_out_of_th
     assert!(!logs.contains("WARN rustls"), "{logs}");
 }
 
+#[tokio::test]
+async fn a_client_offering_only_http_1_0_by_alpn_is_served() {
+    let Site {
+        proxy: _proxy,
+        addr,
+        ca,
+        _web,
+        _cfg,
+    } = tls_site("").await;
+    let mut old = (*client(&ca, &rustls::version::TLS12)).clone();
+    old.alpn_protocols = vec![b"http/1.0".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(NAME).unwrap();
+    let mut tls = TlsConnector::from(Arc::new(old))
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.0"[..]));
+    let request = format!("GET / HTTP/1.0\r\nHost: {NAME}\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
+        "{answer}"
+    );
+}
+
 /// A TLS 1.2 ClientHello naming `name`, byte by byte (no client library sends a bad name).
 fn client_hello(name: &[u8]) -> Vec<u8> {
     let u16be = |n: usize| (n as u16).to_be_bytes();

@@ -75,7 +75,7 @@ pub struct Resumption {
 }
 
 /// The TLS acceptor of every `listen_tls` listener: TLS 1.2 and 1.3 with rustls's default
-/// (strong) suites, ALPN h2 then http/1.1, certificates from the snapshot by SNI. Built here
+/// (strong) suites, ALPN h2 then http/1.1 (and http/1.0), certificates from the snapshot by SNI. Built here
 /// rather than by pingora's `TlsSettings`, which offers no session tickets and a 256-entry
 /// session cache.
 pub fn acceptor(
@@ -87,7 +87,9 @@ pub fn acceptor(
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { snapshot }));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // A client that offers only http/1.0 is served too (rustls refuses a handshake whose
+    // offers it has none of), as nginx does.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     config.session_storage = match resumption.cache {
         0 => Arc::new(NoServerSessionStorage {}),
         n => ServerSessionMemoryCache::new(n),
