@@ -96,6 +96,25 @@ async fn fetch(config: &Arc<ClientConfig>, addr: SocketAddr) -> HandshakeKind {
     kind
 }
 
+/// A connection whose client offers only `protocol` by ALPN, which the server must choose.
+async fn connect_offering(
+    ca: &Ca,
+    version: &'static SupportedProtocolVersion,
+    protocol: &[u8],
+    addr: SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut config = (*client(ca, version)).clone();
+    config.alpn_protocols = vec![protocol.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(NAME).unwrap();
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(protocol));
+    tls
+}
+
 fn series(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
@@ -116,17 +135,12 @@ async fn crowd(
 
 #[tokio::test]
 async fn tickets_resume_sessions_the_session_cache_has_no_room_for() {
-    let Site {
-        proxy,
-        addr,
-        ca,
-        _web,
-        _cfg,
-    } = tls_site("tls_session_cache = 4").await;
+    let site = tls_site("tls_session_cache = 4").await;
+    let (proxy, addr, ca) = (&site.proxy, site.addr, &site.ca);
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
-        let mine = client(&ca, version);
+        let mine = client(ca, version);
         assert_eq!(fetch(&mine, addr).await, HandshakeKind::Full);
-        crowd(&ca, version, addr, 12).await;
+        crowd(ca, version, addr, 12).await;
         assert_eq!(
             fetch(&mine, addr).await,
             HandshakeKind::Resumed,
@@ -138,22 +152,17 @@ async fn tickets_resume_sessions_the_session_cache_has_no_room_for() {
 
 #[tokio::test]
 async fn without_tickets_the_session_cache_resumes_while_it_has_room() {
-    let Site {
-        proxy: _proxy,
-        addr,
-        ca,
-        _web,
-        _cfg,
-    } = tls_site("tls_session_tickets = false\ntls_session_cache = 4").await;
+    let site = tls_site("tls_session_tickets = false\ntls_session_cache = 4").await;
+    let (addr, ca) = (site.addr, &site.ca);
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
-        let mine = client(&ca, version);
+        let mine = client(ca, version);
         assert_eq!(fetch(&mine, addr).await, HandshakeKind::Full);
         assert_eq!(
             fetch(&mine, addr).await,
             HandshakeKind::Resumed,
             "{version:?}"
         );
-        crowd(&ca, version, addr, 12).await;
+        crowd(ca, version, addr, 12).await;
         assert_eq!(
             fetch(&mine, addr).await,
             HandshakeKind::Full,
@@ -164,13 +173,8 @@ async fn without_tickets_the_session_cache_resumes_while_it_has_room() {
 
 #[tokio::test]
 async fn a_stalled_handshake_is_cut_off_at_header_timeout() {
-    let Site {
-        proxy,
-        addr,
-        ca,
-        _web,
-        _cfg,
-    } = tls_site("header_timeout = \"1s\"").await;
+    let site = tls_site("header_timeout = \"1s\"").await;
+    let (proxy, addr, ca) = (&site.proxy, site.addr, &site.ca);
     // Nothing at all, then the first 5 bytes of a ClientHello record and no more.
     let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut partial = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -186,20 +190,15 @@ async fn a_stalled_handshake_is_cut_off_at_header_timeout() {
     let timeouts = r#"porteiro_tls_handshake_failures_total{reason="handshake_timeout"}"#;
     assert_eq!(series(&proxy.scrape().await, timeouts), 2.0);
     assert_eq!(
-        fetch(&client(&ca, &rustls::version::TLS13), addr).await,
+        fetch(&client(ca, &rustls::version::TLS13), addr).await,
         HandshakeKind::Full
     );
 }
 
 #[tokio::test]
 async fn connections_still_in_their_handshake_count_against_the_caps() {
-    let Site {
-        proxy,
-        addr,
-        ca,
-        _web,
-        _cfg,
-    } = tls_site("max_connections_per_ip = 2").await;
+    let site = tls_site("max_connections_per_ip = 2").await;
+    let (proxy, addr, ca) = (&site.proxy, site.addr, &site.ca);
     let mut held = Vec::new();
     for _ in 0..2 {
         held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
@@ -216,7 +215,7 @@ async fn connections_still_in_their_handshake_count_against_the_caps() {
     assert_eq!(series(&proxy.scrape().await, refused), 1.0);
 
     drop(held);
-    let config = client(&ca, &rustls::version::TLS13);
+    let config = client(ca, &rustls::version::TLS13);
     eventually(WAIT, "freed slots take a client again", || async {
         series(&proxy.scrape().await, "porteiro_client_connections") == 0.0
     })
@@ -226,22 +225,9 @@ async fn connections_still_in_their_handshake_count_against_the_caps() {
 
 #[tokio::test]
 async fn an_http2_client_that_never_sends_its_preface_is_cut_off_at_header_timeout() {
-    let Site {
-        proxy,
-        addr,
-        ca,
-        _web,
-        _cfg,
-    } = tls_site("header_timeout = \"1s\"").await;
-    let mut h2 = (*client(&ca, &rustls::version::TLS13)).clone();
-    h2.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = ServerName::try_from(NAME).unwrap();
-    let mut tls = TlsConnector::from(Arc::new(h2))
-        .connect(name, tcp)
-        .await
-        .expect("handshake");
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let site = tls_site("header_timeout = \"1s\"").await;
+    let (proxy, addr, ca) = (&site.proxy, site.addr, &site.ca);
+    let mut tls = connect_offering(ca, &rustls::version::TLS13, b"h2", addr).await;
     // The preface never comes: porteiro must not wait for it beyond header_timeout.
     let mut got = Vec::new();
     let ended = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut got)).await;
@@ -254,13 +240,8 @@ async fn an_http2_client_that_never_sends_its_preface_is_cut_off_at_header_timeo
 
 #[tokio::test]
 async fn a_name_without_certificate_counts_once_and_client_noise_stays_out_of_the_log() {
-    let Site {
-        proxy,
-        addr,
-        ca,
-        _web,
-        _cfg,
-    } = tls_site("").await;
+    let site = tls_site("").await;
+    let (proxy, addr, ca) = (&site.proxy, site.addr, &site.ca);
     let failures = |text: &str, reason: &str| {
         series(
             text,
@@ -270,7 +251,7 @@ async fn a_name_without_certificate_counts_once_and_client_noise_stays_out_of_th
     let before = proxy.scrape().await;
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let other = ServerName::try_from("other.test").unwrap();
-    let refused = TlsConnector::from(client(&ca, &rustls::version::TLS13))
+    let refused = TlsConnector::from(client(ca, &rustls::version::TLS13))
         .connect(other, tcp)
         .await;
     assert!(refused.is_err(), "no certificate for other.test");
@@ -298,22 +279,9 @@ async fn a_name_without_certificate_counts_once_and_client_noise_stays_out_of_th
 
 #[tokio::test]
 async fn a_client_offering_only_http_1_0_by_alpn_is_served() {
-    let Site {
-        proxy: _proxy,
-        addr,
-        ca,
-        _web,
-        _cfg,
-    } = tls_site("").await;
-    let mut old = (*client(&ca, &rustls::version::TLS12)).clone();
-    old.alpn_protocols = vec![b"http/1.0".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = ServerName::try_from(NAME).unwrap();
-    let mut tls = TlsConnector::from(Arc::new(old))
-        .connect(name, tcp)
-        .await
-        .expect("handshake");
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.0"[..]));
+    let site = tls_site("").await;
+    let (addr, ca) = (site.addr, &site.ca);
+    let mut tls = connect_offering(ca, &rustls::version::TLS12, b"http/1.0", addr).await;
     let request = format!("GET / HTTP/1.0\r\nHost: {NAME}\r\n\r\n");
     tls.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
