@@ -159,18 +159,15 @@ fn build_server(
     // HTTP/1.x idle time is enforced by `conn`; HTTP/2 connections by pingora, from here.
     options.h2_idle_timeout = Some(s.clients.keepalive_timeout);
     app.server_options = Some(options);
-    let acceptor = match s.listen_tls.is_empty() {
-        true => None,
-        false => Some(
-            crate::tls::acceptor(
-                snapshot.clone(),
-                Resumption {
-                    tickets: s.tls_session_tickets,
-                    cache: s.tls_session_cache,
-                },
-            )
-            .map_err(|e| StartError::Tls(e.to_string()))?,
-        ),
+    let resumption = Resumption {
+        tickets: s.tls_session_tickets,
+        cache: s.tls_session_cache,
+    };
+    let acceptor = if s.listen_tls.is_empty() {
+        None
+    } else {
+        let built = crate::tls::acceptor(snapshot.clone(), resumption);
+        Some(built.map_err(|e| StartError::Tls(e.to_string()))?)
     };
     let listeners = Listeners {
         plain: s.listen.clone(),

@@ -227,11 +227,17 @@ async fn connections_still_in_their_handshake_count_against_the_caps() {
 async fn an_http2_client_that_never_sends_its_preface_is_cut_off_at_header_timeout() {
     let site = tls_site("header_timeout = \"1s\"").await;
     let (proxy, addr, ca) = (&site.proxy, site.addr, &site.ca);
-    let mut tls = connect_offering(ca, &rustls::version::TLS13, b"h2", addr).await;
-    // The preface never comes: porteiro must not wait for it beyond header_timeout.
-    let mut got = Vec::new();
-    let ended = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut got)).await;
-    assert!(ended.is_ok(), "still open 5 s after the handshake");
+    let mut silent = connect_offering(ca, &rustls::version::TLS13, b"h2", addr).await;
+    // Half a preface, then nothing: a client cannot hold the connection that way either.
+    let mut half = connect_offering(ca, &rustls::version::TLS13, b"h2", addr).await;
+    half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    half.flush().await.unwrap();
+    // The preface never comes whole: porteiro must not wait for it beyond header_timeout.
+    for tls in [&mut silent, &mut half] {
+        let mut got = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut got)).await;
+        assert!(ended.is_ok(), "still open 5 s after the handshake");
+    }
     eventually(WAIT, "the connection is closed", || async {
         series(&proxy.scrape().await, "porteiro_client_connections") == 0.0
     })

@@ -21,9 +21,6 @@ use pingora::protocols::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-/// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`
-const PREFACE_LEN: usize = 24;
-
 #[derive(Debug)]
 pub struct PrefaceDeadline {
     inner: Stream,
@@ -37,7 +34,7 @@ impl PrefaceDeadline {
         Self {
             inner,
             deadline: Box::pin(tokio::time::sleep(within)),
-            remaining: PREFACE_LEN,
+            remaining: super::H2_PREFACE.len(),
         }
     }
 }

@@ -75,9 +75,9 @@ pub struct Resumption {
 }
 
 /// The TLS acceptor of every `listen_tls` listener: TLS 1.2 and 1.3 with rustls's default
-/// (strong) suites, ALPN h2 then http/1.1 (and http/1.0), certificates from the snapshot by SNI. Built here
-/// rather than by pingora's `TlsSettings`, which offers no session tickets and a 256-entry
-/// session cache.
+/// (strong) suites, ALPN h2 then http/1.1 (and http/1.0), certificates from the snapshot by
+/// SNI. Built here rather than by pingora's `TlsSettings`, which offers no session tickets and
+/// a 256-entry session cache.
 pub fn acceptor(
     snapshot: Arc<SharedSnapshot>,
     resumption: Resumption,
@@ -107,9 +107,10 @@ const NO_CERTIFICATE: &str = "no server certificate chain resolved";
 /// certificate for the name, or anything else the client did (garbage, an old protocol, a
 /// handshake abandoned). pingora keeps only the text of rustls's error, so the text it is.
 pub fn failure_reason(e: &pingora::Error) -> &'static str {
-    match e.to_string().contains(NO_CERTIFICATE) {
-        true => "no_certificate",
-        false => "handshake",
+    if e.to_string().contains(NO_CERTIFICATE) {
+        "no_certificate"
+    } else {
+        "handshake"
     }
 }
 
